@@ -1,0 +1,1 @@
+"""Corpus building: sources, harmonization, QC, parquet shards and loaders."""
