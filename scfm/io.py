@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import gzip
 import logging
+import warnings
 from pathlib import Path
 from typing import Literal
 
@@ -83,7 +84,10 @@ def _read_h5ad(path: Path, *, layer: str | None, backed: bool) -> ad.AnnData:
     if backed and layer is not None:
         raise ValueError("backed=True reads X only; pass layer=None or backed=False")
     try:
-        adata = ad.read_h5ad(path, backed="r" if backed else None)
+        with warnings.catch_warnings():
+            # Old h5ad files raise anndata "moving element" FutureWarnings; not actionable.
+            warnings.simplefilter("ignore", FutureWarning)
+            adata = ad.read_h5ad(path, backed="r" if backed else None)
     except (OSError, KeyError, ValueError, TypeError) as exc:
         raise CorruptInputError(f"cannot read {path} as h5ad: {exc}") from exc
     if layer is None:

@@ -1,0 +1,145 @@
+"""The ``scfm`` command line: ``scfm demo``, ``scfm genes map``, ``scfm data list``."""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+
+from scfm import __version__
+
+app = typer.Typer(
+    name="scfm",
+    help="Single-cell foundation models end to end: corpus, pretraining, inference, fine-tuning.",
+    no_args_is_help=True,
+    pretty_exceptions_show_locals=False,
+)
+genes_app = typer.Typer(
+    help="The 19,264-gene vocabulary and gene-id mapping.", no_args_is_help=True
+)
+data_app = typer.Typer(help="Bundled and registered data resources.", no_args_is_help=True)
+app.add_typer(genes_app, name="genes")
+app.add_typer(data_app, name="data")
+
+console = Console()
+
+# The example inputs the demo maps: one of each kind of gene id and file format, plus one
+# data set whose X is scaled (not counts), to show the validation error users would get.
+DEMO_INPUTS: tuple[tuple[str, str, dict], ...] = (
+    ("kang2018", "kang2018", {}),
+    ("pbmc68k", "pbmc68k_counts", {}),
+    ("papalexi2021", "papalexi2021", {}),
+    ("10x-v3.h5", "tenx_v3_h5", {}),
+    ("10x-v3-mtx", "tenx_v3_mex", {}),
+    ("pbmc68k-scaled", "pbmc68k_reduced", {}),
+)
+
+
+def _version_callback(value: bool) -> None:
+    if value:
+        console.print(f"scfm {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def main(
+    version: Annotated[
+        bool,
+        typer.Option("--version", callback=_version_callback, is_eager=True, help="Print version."),
+    ] = False,
+    verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Log progress.")] = False,
+) -> None:
+    logging.basicConfig(
+        level=logging.INFO if verbose else logging.WARNING,
+        format="%(levelname)s %(name)s: %(message)s",
+    )
+
+
+@genes_app.command("map")
+def genes_map(
+    path: Annotated[Path, typer.Argument(help="An .h5ad file, a 10x MEX directory or a 10x .h5.")],
+    layer: Annotated[
+        str | None, typer.Option(help="h5ad layer with raw counts ('raw' = adata.raw.X).")
+    ] = None,
+    genome: Annotated[
+        str | None, typer.Option(help="Genome group of a multi-genome 10x .h5.")
+    ] = None,
+    backed: Annotated[bool, typer.Option(help="Read h5ad X from disk in blocks.")] = False,
+    min_mapped_fraction: Annotated[
+        float | None, typer.Option(help="Reject inputs with fewer genes in the vocabulary.")
+    ] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of text.")] = False,
+) -> None:
+    """Map an input's genes onto the vocabulary and validate its counts."""
+    from scfm.report import summarize_input
+
+    summary = summarize_input(
+        path.name,
+        path,
+        layer=layer,
+        genome=genome,
+        backed=backed,
+        min_mapped_fraction=min_mapped_fraction,
+    )
+    if as_json:
+        print(json.dumps(summary.to_dict(), indent=2))
+    else:
+        console.print(str(summary), highlight=False, markup=False)
+    if not summary.ok:
+        raise typer.Exit(code=1)
+
+
+@app.command()
+def demo(
+    out: Annotated[Path, typer.Option(help="Directory for the report.")] = Path("results/demo"),
+) -> None:
+    """Run the main job on the bundled example data and say where the results are."""
+    from scfm import datasets
+    from scfm.genes import GeneVocab
+    from scfm.report import mapping_table, summarize_input, write_report
+
+    vocab = GeneVocab.load()
+    summaries = []
+    with console.status("mapping example data sets onto the vocabulary…"):
+        for label, resource, kwargs in DEMO_INPUTS:
+            path = (
+                datasets.fetch_dir(resource)
+                if resource in datasets.DIRECTORIES
+                else datasets.fetch(resource)
+            )
+            summaries.append(summarize_input(label, path, vocab=vocab, **kwargs))
+    console.print(mapping_table(summaries))
+    for s in summaries:
+        if not s.ok:
+            console.print(f"[red]{s.name}[/red]: {s.error}", highlight=False)
+    files = write_report(summaries, out)
+    console.print("\n[bold]Results[/bold]")
+    for kind, file in files.items():
+        console.print(f"  {kind:<9} {file.resolve()}")
+
+
+@data_app.command("list")
+def data_list() -> None:
+    """List registered resources and where each one resolves."""
+    from rich.table import Table
+
+    from scfm import datasets
+
+    table = Table(title="scfm data resources")
+    for col in ("name", "file", "found at", "description"):
+        table.add_column(col)
+    for res in datasets.list_resources():
+        try:
+            where = str(datasets.fetch(res.name, download=False))
+        except datasets.ResourceNotFoundError:
+            where = "[yellow]missing[/yellow]" + (" (downloadable)" if res.url else "")
+        table.add_row(res.name, res.relpath, where, res.description)
+    console.print(table)
+
+
+if __name__ == "__main__":
+    app()
