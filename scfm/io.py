@@ -87,6 +87,8 @@ def _read_h5ad(path: Path, *, layer: str | None, backed: bool) -> ad.AnnData:
         with warnings.catch_warnings():
             # Old h5ad files raise anndata "moving element" FutureWarnings; not actionable.
             warnings.simplefilter("ignore", FutureWarning)
+            warnings.filterwarnings("ignore", message=".*(old|very old) version of AnnData")
+            warnings.filterwarnings("ignore", message=".*without encoding metadata")
             adata = ad.read_h5ad(path, backed="r" if backed else None)
     except (OSError, KeyError, ValueError, TypeError) as exc:
         raise CorruptInputError(f"cannot read {path} as h5ad: {exc}") from exc
@@ -164,7 +166,11 @@ def read_10x_h5(path: str | Path, *, genome: str | None = None) -> ad.AnnData:
                             f"{p}: no genome {genome!r}; has {sorted(set(var['genome']))}"
                         )
             else:
-                genomes = list(f.keys())
+                genomes = [k for k, g in f.items() if isinstance(g, h5py.Group) and "indptr" in g]
+                if not genomes:
+                    raise CorruptInputError(
+                        f"{p} is HDF5 but not in a 10x layout (no 'matrix' or genome group)"
+                    )
                 if genome is None:
                     if len(genomes) != 1:
                         raise ValueError(
