@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import sys
 from pathlib import Path
 from typing import Annotated
 
@@ -25,7 +26,8 @@ data_app = typer.Typer(help="Bundled and registered data resources.", no_args_is
 app.add_typer(genes_app, name="genes")
 app.add_typer(data_app, name="data")
 
-console = Console()
+# Piped output (CI logs, files) gets a wide console rather than rich's 80-column fallback.
+console = Console(width=None if sys.stdout.isatty() else 120)
 
 # The example inputs the demo maps: one of each kind of gene id and file format, plus one
 # data set whose X is scaled (not counts), to show the validation error users would get.
