@@ -1,0 +1,313 @@
+"""Read-depth-aware (RDA) pretraining objective: down-sampling, normalization, masking, loss.
+
+For every cell of a batch from the corpus loader:
+
+1. **Down-sample** (cells with at least ``min_total_counts`` counts): draw a rate γ ~ Beta(2, 2)
+   and thin the raw counts binomially, ``x' ~ Binomial(x, γ)``. Other cells are their own input.
+2. **Normalize** both copies, ``log1p(x / total · 1e4)``. The target uses the original total
+   (``total_counts``, before vocabulary restriction), the input its own total.
+3. **Depth tokens**: T = log10(original total), S = log10(input total). The model learns to
+   predict the expression at depth T from an input at depth S.
+4. **Mask** ~30 % of the input's nonzero genes and ~3 % of its zero genes. Masked genes are left
+   out of the encoder entirely; the decoder predicts them.
+5. **Loss**: MSE between prediction and the *original* normalized expression, masked genes only.
+
+The out-of-vocabulary counts are thinned too, as one binomial draw per cell (a sum of binomials
+with a common rate is binomial), so S is the exact total of a down-sampled cell, not a guess.
+
+Batches in (the corpus loader's contract), a mapping of numpy arrays or torch tensors::
+
+    gene_idx      (nnz,)  int   sorted vocabulary indices of each cell's nonzero genes, concatenated
+    counts        (nnz,)  float raw counts aligned with gene_idx
+    offsets       (B+1,)  int   CSR row pointers
+    total_counts  (B,)    float each cell's total before vocabulary restriction
+
+Batches out: :class:`CellBatch` (torch tensors on CPU; move with ``.to(device)``).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+from dataclasses import dataclass, fields, replace
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from scfm.model.config import N_GENES, S_POS, T_POS
+from scfm.model.packing import append_tokens, pack
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class RDAConfig:
+    """Knobs of the RDA objective (defaults follow the scFoundation paper / official config)."""
+
+    min_total_counts: float = 1000.0  # cells below this are not down-sampled
+    beta_a: float = 2.0  # down-sampling rate γ ~ Beta(beta_a, beta_b)
+    beta_b: float = 2.0
+    downsample_prob: float = 1.0  # chance an eligible cell is down-sampled (0 = plain masked AE)
+    mask_nonzero_prob: float = 0.3  # official value_mask_prob
+    mask_zero_prob: float = 0.03  # official zero_mask_prob
+    scale: float = 1e4  # normalization target sum
+    pad_to_multiple: int = 1  # round the encoder length up (fewer shapes for torch.compile)
+
+
+@dataclass
+class CellBatch:
+    """Model-ready tensors for B cells.
+
+    Attributes
+    ----------
+    gene_ids : ``(B, L)`` long encoder positions (genes in order, then T, then S; pad 19266).
+    values : ``(B, L)`` float32 normalized input values (T / S slots: log10 totals).
+    padding_mask : ``(B, L)`` bool, True = padding.
+    T, S : ``(B,)`` float32 depth tokens.
+    masked : ``(B, 19264)`` bool genes the decoder must predict (None at inference).
+    target : ``(B, 19264)`` float32 original normalized expression (None at inference).
+    """
+
+    gene_ids: Tensor
+    values: Tensor
+    padding_mask: Tensor
+    T: Tensor
+    S: Tensor
+    masked: Tensor | None = None
+    target: Tensor | None = None
+
+    @property
+    def batch_size(self) -> int:
+        return self.gene_ids.shape[0]
+
+    def encoder_inputs(self) -> tuple[Tensor, Tensor, Tensor]:
+        """``(gene_ids, values, padding_mask)``, the first arguments of every model method."""
+        return self.gene_ids, self.values, self.padding_mask
+
+    def to(self, device: torch.device | str, non_blocking: bool = False) -> CellBatch:
+        """A copy with every tensor on ``device``."""
+        moved: dict[str, Any] = {}
+        for f in fields(self):
+            t = getattr(self, f.name)
+            moved[f.name] = None if t is None else t.to(device, non_blocking=non_blocking)
+        return replace(self, **moved)
+
+
+# ------------------------------------------------------------------------------------- inputs
+def _as_numpy(x: Any, dtype: Any) -> np.ndarray:
+    if isinstance(x, Tensor):
+        x = x.detach().cpu().numpy()
+    return np.asarray(x, dtype=dtype)
+
+
+def _read_batch(batch: Mapping[str, Any]) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    gene_idx = _as_numpy(batch["gene_idx"], np.int64)
+    counts = _as_numpy(batch["counts"], np.float64)
+    offsets = _as_numpy(batch["offsets"], np.int64)
+    total = _as_numpy(batch["total_counts"], np.float64).reshape(-1)
+    if offsets[0] != 0 or offsets[-1] != gene_idx.size or counts.size != gene_idx.size:
+        raise ValueError("malformed batch: offsets must run from 0 to len(gene_idx) == len(counts)")
+    if total.size != offsets.size - 1:
+        raise ValueError(f"total_counts has {total.size} cells, offsets have {offsets.size - 1}")
+    if gene_idx.size and (gene_idx.min() < 0 or gene_idx.max() >= N_GENES):
+        raise ValueError(f"gene_idx outside the vocabulary [0, {N_GENES})")
+    # total_counts is before vocabulary restriction, so it can't be below the in-vocabulary sum
+    in_vocab = np.bincount(_rows(offsets), weights=counts, minlength=total.size)
+    total = np.maximum(total, in_vocab)
+    return gene_idx, counts, offsets, total
+
+
+def _rows(offsets: np.ndarray) -> np.ndarray:
+    return np.repeat(np.arange(offsets.size - 1), np.diff(offsets))
+
+
+def normalize(
+    counts: np.ndarray, rows: np.ndarray, totals: np.ndarray, scale: float = 1e4
+) -> np.ndarray:
+    """``log1p(counts / totals[row] · scale)`` for flat CSR entries (zero-total cells give 0)."""
+    denom = np.maximum(totals, 1e-12)[rows]
+    return np.log1p(counts / denom * scale)
+
+
+def depth_token(total: np.ndarray) -> np.ndarray:
+    """log10 of a total count (clipped at 1 count, so an empty cell gets 0 rather than -inf)."""
+    return np.log10(np.maximum(total, 1.0))
+
+
+# ------------------------------------------------------------------------------- down-sampling
+def sample_rates(n: int, cfg: RDAConfig, rng: np.random.Generator) -> np.ndarray:
+    """``(n,)`` down-sampling rates γ ~ Beta(a, b)."""
+    return rng.beta(cfg.beta_a, cfg.beta_b, size=n)
+
+
+def downsample(
+    counts: np.ndarray,
+    offsets: np.ndarray,
+    total_counts: np.ndarray,
+    rates: np.ndarray,
+    rng: np.random.Generator,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Binomially thin every cell's counts at its own rate.
+
+    Parameters
+    ----------
+    counts
+        ``(nnz,)`` raw counts (rounded to integers first).
+    offsets
+        ``(B + 1,)`` CSR row pointers.
+    total_counts
+        ``(B,)`` totals before vocabulary restriction; the out-of-vocabulary remainder is thinned
+        as one binomial draw so the returned total is that of a truly down-sampled cell.
+    rates
+        ``(B,)`` keep probabilities in [0, 1].
+
+    Returns
+    -------
+    down : np.ndarray
+        ``(nnz,)`` thinned counts, aligned with ``counts`` (zeros stay in place).
+    input_total : np.ndarray
+        ``(B,)`` total count of the thinned cell, out-of-vocabulary genes included.
+    """
+    rows = _rows(offsets)
+    n = np.rint(counts).astype(np.int64)
+    down = rng.binomial(n, rates[rows]).astype(np.float64)
+    in_vocab = np.bincount(rows, weights=n, minlength=rates.size)
+    rest = np.maximum(np.rint(total_counts - in_vocab), 0).astype(np.int64)
+    input_total = np.bincount(rows, weights=down, minlength=rates.size) + rng.binomial(rest, rates)
+    return down, input_total
+
+
+# --------------------------------------------------------------------------------------- collate
+def collate(
+    batch: Mapping[str, Any],
+    cfg: RDAConfig | None = None,
+    generator: np.random.Generator | int | None = None,
+) -> CellBatch:
+    """Turn a loader batch into an RDA pretraining batch (down-sample, normalize, mask, pack).
+
+    Parameters
+    ----------
+    batch
+        ``gene_idx``, ``counts``, ``offsets``, ``total_counts`` (numpy arrays or tensors).
+    cfg
+        Objective settings; defaults to :class:`RDAConfig()`.
+    generator
+        numpy Generator or seed; all randomness (rates, thinning, masks) comes from it, so a seeded
+        call is reproducible. Use ``functools.partial(collate, cfg=..., generator=rng)`` as a
+        DataLoader / Ray Data collate function.
+
+    Returns
+    -------
+    CellBatch
+        With ``masked`` and ``target`` set; the encoder never sees a masked gene.
+    """
+    cfg = cfg or RDAConfig()
+    rng = np.random.default_rng(generator)
+    gene_idx, counts, offsets, total = _read_batch(batch)
+    B = total.size
+    rows = _rows(offsets)
+
+    # 1. down-sample eligible cells; the rest (and cells thinned to nothing) keep their counts
+    down, input_total = counts.copy(), total.copy()
+    eligible = (total >= cfg.min_total_counts) & (rng.random(B) < cfg.downsample_prob)
+    if eligible.any():
+        thinned, thinned_total = downsample(counts, offsets, total, sample_rates(B, cfg, rng), rng)
+        in_vocab_left = np.bincount(rows, weights=thinned, minlength=B)
+        use = eligible & (in_vocab_left > 0)
+        down = np.where(use[rows], thinned, counts)
+        input_total = np.where(use, thinned_total, total)
+
+    # 2.-3. normalized target (original depth) and input (its own depth), depth tokens
+    target_flat = normalize(counts, rows, total, cfg.scale).astype(np.float32)
+    input_flat = normalize(down, rows, input_total, cfg.scale).astype(np.float32)
+    T = depth_token(total).astype(np.float32)
+    S = depth_token(input_total).astype(np.float32)
+
+    # 4. masks: ~30 % of the input's nonzero genes, ~3 % of its zero genes
+    nonzero = down > 0
+    mask_nz = nonzero & (rng.random(gene_idx.size) < cfg.mask_nonzero_prob)
+    masked = rng.random((B, N_GENES), dtype=np.float32) < cfg.mask_zero_prob
+    masked[rows[nonzero], gene_idx[nonzero]] = False  # the zero-mask applies to zeros only
+    masked[rows[mask_nz], gene_idx[mask_nz]] = True
+    target = np.zeros((B, N_GENES), dtype=np.float32)
+    target[rows, gene_idx] = target_flat
+
+    # encoder tokens: unmasked nonzero genes of the input, in order, then T and S
+    gene_ids, values, padding_mask = _pack_with_depth(
+        gene_idx, input_flat, rows, nonzero & ~mask_nz, T, S, cfg.pad_to_multiple
+    )
+    return CellBatch(
+        gene_ids=gene_ids,
+        values=values,
+        padding_mask=padding_mask,
+        T=torch.from_numpy(T),
+        S=torch.from_numpy(S),
+        masked=torch.from_numpy(masked),
+        target=torch.from_numpy(target),
+    )
+
+
+def prepare_inference(
+    batch: Mapping[str, Any],
+    target_T: float | np.ndarray | None = None,
+    scale: float = 1e4,
+    pad_to_multiple: int = 1,
+) -> CellBatch:
+    """Deterministic model input for embedding / prediction: no down-sampling, no masking.
+
+    Parameters
+    ----------
+    batch
+        Loader batch, as for :func:`collate`.
+    target_T
+        log10 target depth (scalar or ``(B,)``). None gives T = S (the official ``f1``);
+        e.g. ``S + 1`` asks :meth:`XTrimoGene.predict_expression` for 10× the read depth.
+    """
+    gene_idx, counts, offsets, total = _read_batch(batch)
+    rows = _rows(offsets)
+    S = depth_token(total).astype(np.float32)
+    T = (
+        S.copy()
+        if target_T is None
+        else np.broadcast_to(np.asarray(target_T, dtype=np.float32), S.shape).copy()
+    )
+    nonzero = counts > 0
+    values = normalize(counts, rows, total, scale).astype(np.float32)
+    gene_ids, vals, padding_mask = _pack_with_depth(
+        gene_idx, values, rows, nonzero, T, S, pad_to_multiple
+    )
+    return CellBatch(gene_ids, vals, padding_mask, T=torch.from_numpy(T), S=torch.from_numpy(S))
+
+
+def _pack_with_depth(
+    gene_idx: np.ndarray,
+    values: np.ndarray,
+    rows: np.ndarray,
+    keep: np.ndarray,
+    T: np.ndarray,
+    S: np.ndarray,
+    pad_to_multiple: int,
+) -> tuple[Tensor, Tensor, Tensor]:
+    """Encoder tokens: the kept entries of each cell, in order, then T and S; packed."""
+    offsets = np.zeros(T.size + 1, dtype=np.int64)
+    offsets[1:] = np.cumsum(np.bincount(rows[keep], minlength=T.size))
+    ids, vals, offs = append_tokens(
+        torch.from_numpy(gene_idx[keep]),
+        torch.from_numpy(values[keep]),
+        torch.from_numpy(offsets),
+        extra_ids=torch.tensor([T_POS, S_POS]),
+        extra_values=torch.from_numpy(np.stack([T, S], axis=1)),
+    )
+    return pack(ids, vals, offs, pad_to_multiple=pad_to_multiple)
+
+
+# ------------------------------------------------------------------------------------------ loss
+def masked_mse(pred: Tensor, target: Tensor, masked: Tensor) -> Tensor:
+    """Mean squared error over the masked genes of the batch (``(B, 19264)`` each).
+
+    Computed in float32 (predictions may be bf16 under autocast); 0 if nothing is masked.
+    """
+    err = (pred.float() - target.float()).square()
+    return (err * masked).sum() / masked.sum().clamp(min=1)

@@ -1,0 +1,93 @@
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch.testing import assert_close
+
+from scfm.model.performer import (
+    FastAttention,
+    gaussian_orthogonal_random_matrix,
+    linear_attention,
+    softmax_kernel,
+)
+
+
+def _qkv(B: int = 2, H: int = 2, N: int = 48, d: int = 16, scale: float = 0.5, seed: int = 0):
+    g = torch.Generator().manual_seed(seed)
+    return tuple(torch.randn(B, H, N, d, generator=g) * scale for _ in range(3))
+
+
+def test_projection_blocks_are_orthogonal_with_gaussian_row_norms() -> None:
+    g = torch.Generator().manual_seed(0)
+    m, d = 266, 64
+    P = gaussian_orthogonal_random_matrix(m, d, generator=g)
+    assert P.shape == (m, d)
+    norms = P.norm(dim=1)
+    for start in range(0, m, d):
+        block = P[start : start + d] / norms[start : start + d, None]
+        gram = block @ block.t()
+        assert_close(gram, torch.eye(block.shape[0]), atol=1e-5, rtol=0)
+    # rows rescaled to chi(d)-distributed norms: mean ≈ √d
+    assert abs(norms.mean().item() - d**0.5) < 0.5
+    P1 = gaussian_orthogonal_random_matrix(m, d, scaling=1, generator=g)
+    assert_close(P1.norm(dim=1), torch.full((m,), d**0.5))
+
+
+def test_favor_approximates_softmax_attention() -> None:
+    q, k, v = _qkv()
+    exact = F.scaled_dot_product_attention(q, k, v)
+    attn = FastAttention(dim_head=16, nb_features=4096)
+    approx = attn(q, k, v)
+    rel = (approx - exact).norm() / exact.norm()
+    assert rel < 0.08, rel
+    # and far better than ignoring attention altogether (uniform average of v)
+    uniform = v.mean(dim=-2, keepdim=True).expand_as(v)
+    assert rel < 0.5 * (uniform - exact).norm() / exact.norm()
+
+
+def test_linear_attention_equals_explicit_normalised_kernel() -> None:
+    g = torch.Generator().manual_seed(1)
+    qf, kf = torch.rand(2, 3, 10, 7, generator=g), torch.rand(2, 3, 12, 7, generator=g)
+    v = torch.randn(2, 3, 12, 5, generator=g)
+    A = qf @ kf.transpose(-2, -1)  # (B, H, N, M)
+    expected = (A / A.sum(dim=-1, keepdim=True)) @ v
+    assert_close(linear_attention(qf, kf, v), expected)
+
+
+def test_padded_keys_are_ignored() -> None:
+    q, k, v = _qkv(B=1, N=40)
+    attn = FastAttention(dim_head=16, nb_features=32)
+    pad = torch.zeros(1, 40, dtype=torch.bool)
+    pad[:, 30:] = True
+    k_garbage, v_garbage = k.clone(), v.clone()
+    k_garbage[..., 30:, :] = 100.0
+    v_garbage[..., 30:, :] = -1e3
+    full = attn(q[..., :30, :], k_garbage, v_garbage, key_padding_mask=pad)
+    # the padded key/value slots may hold anything: same result as dropping them
+    reference = attn(q[..., :30, :], k[..., :30, :], v[..., :30, :])
+    assert_close(full, reference)
+
+
+def test_key_stabiliser_is_per_sequence_so_batch_mates_do_not_matter() -> None:
+    q, k, v = _qkv(B=2, d=16, scale=0.5)
+    # a batch-mate with huge keys: under one global max, cell 0's key features would underflow
+    # to eps and its output would change (the official kernel's behaviour)
+    k[1] *= 8.0
+    attn = FastAttention(dim_head=16, nb_features=64)
+    together = attn(q, k, v)
+    alone = attn(q[:1], k[:1], v[:1])
+    assert_close(together[:1], alone)
+
+    kf_global = softmax_kernel(k, attn.projection_matrix, is_query=False)
+    assert kf_global[0].min() > 1e-4 * 64**-0.5  # cell 0 keeps informative features
+
+
+def test_redraw_changes_projection_reproducibly() -> None:
+    attn = FastAttention(dim_head=8, nb_features=16)
+    before = attn.projection_matrix.clone()
+    attn.redraw_projection_matrix(torch.Generator().manual_seed(3))
+    first = attn.projection_matrix.clone()
+    attn.redraw_projection_matrix(torch.Generator().manual_seed(3))
+    assert not torch.equal(before, first)
+    assert torch.equal(first, attn.projection_matrix)
+    assert "projection_matrix" in attn.state_dict()
