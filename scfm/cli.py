@@ -124,6 +124,38 @@ def demo(
         console.print(f"  {kind:<9} {file.resolve()}")
 
 
+@app.command()
+def pretrain(
+    corpus: Annotated[str | None, typer.Option(help="Corpus directory (data.corpus).")] = None,
+    config: Annotated[Path | None, typer.Option(help="YAML file of PretrainConfig fields.")] = None,
+    set_: Annotated[
+        list[str] | None,
+        typer.Option("--set", help="Override a field: section.key=value (repeatable)."),
+    ] = None,
+    resume: Annotated[
+        str | None, typer.Option(help="Ray Train run directory or checkpoint to continue.")
+    ] = None,
+    max_failures: Annotated[int, typer.Option(help="Worker failures to recover from.")] = 1,
+    smoke_test: Annotated[bool, typer.Option(help="A few steps of the tiny model.")] = False,
+) -> None:
+    """Pretrain xTrimoGene with Ray Train (local Ray, or the cluster in RAY_ADDRESS)."""
+    from scfm.train.config import SMOKE_TEST_OVERRIDES, PretrainConfig
+    from scfm.train.pretrain import run_pretraining
+
+    overrides = (list(SMOKE_TEST_OVERRIDES) if smoke_test else []) + list(set_ or [])
+    if corpus:
+        overrides.append(f"data.corpus={corpus}")
+    cfg = PretrainConfig.load(config, overrides)
+    result = run_pretraining(cfg, resume=resume, max_failures=max_failures)
+    console.print(f"[bold]pretraining finished[/bold] at step {result.metrics.get('step')}")
+    for key in ("loss", "val_loss", "val_rde_mae"):
+        if key in result.metrics:
+            console.print(f"  {key:<12} {result.metrics[key]:.4f}")
+    console.print(f"  MLflow run   {result.run_id}")
+    console.print(f"  model        {result.model_uri or '(not registered)'}")
+    console.print(f"  checkpoint   {result.checkpoint_dir}")
+
+
 @data_app.command("list")
 def data_list() -> None:
     """List registered resources and where each one resolves."""

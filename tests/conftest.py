@@ -42,3 +42,7 @@ def mlflow_uri(tmp_path, monkeypatch):
     mlflow.set_tracking_uri(uri)
     yield uri
     mlflow.set_tracking_uri(None)
+
+
+# Real-data fixtures used by several test packages.
+from tests.fixtures_data import kang_corpus, kang_vocab_counts  # noqa: E402, F401

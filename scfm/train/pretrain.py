@@ -1,0 +1,216 @@
+"""Pretraining driver: one MLflow run around one Ray Train ``TorchTrainer.fit()``.
+
+``run_pretraining(cfg)`` is what ``workflows/pretrain.py`` and ``scfm pretrain`` call. It works on
+a local Ray (started on demand) and unchanged inside ``ray job submit`` on a cluster.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from scfm.train.config import PretrainConfig
+from scfm.train.ray_train import TRAIN_STATE_FILE, train_loop_per_worker
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class PretrainResult:
+    run_id: str
+    metrics: dict[str, Any]
+    checkpoint_dir: str  # the final checkpoint (a model folder + train_state.pt)
+    run_dir: str  # Ray Train run directory under storage_path
+    model_uri: str | None  # models:/name/version when registered
+
+
+def tracking_uri() -> str:
+    """``MLFLOW_TRACKING_URI`` or a sqlite store in the working directory."""
+    return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{Path.cwd() / 'mlflow.db'}"
+
+
+def _flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for k, v in d.items():
+        if isinstance(v, dict) and v:
+            out |= _flatten(v, f"{prefix}{k}.")
+        else:
+            out[f"{prefix}{k}"] = v
+    return out
+
+
+def corpus_info(corpus: str) -> dict[str, str]:
+    """Corpus version and manifest checksum, to link the run to the data it saw."""
+    manifest = Path(corpus) / "manifest.json"
+    if not manifest.is_file():
+        return {"corpus.path": corpus}
+    raw = manifest.read_bytes()
+    data = json.loads(raw)
+    info = {
+        "corpus.path": corpus,
+        "corpus.manifest_sha256": hashlib.sha256(raw).hexdigest(),
+    }
+    for key in ("version", "corpus_version", "mlflow_run_id"):
+        if key in data:
+            info[f"corpus.{key}"] = str(data[key])
+    return info
+
+
+def latest_checkpoint(run_dir: str | Path) -> Path:
+    """The checkpoint with the highest step under a Ray Train run directory."""
+    import torch
+
+    candidates = []
+    for state in Path(run_dir).rglob(TRAIN_STATE_FILE):
+        step = torch.load(state, weights_only=True)["step"]
+        candidates.append((step, state.parent))
+    if not candidates:
+        raise FileNotFoundError(f"no checkpoint ({TRAIN_STATE_FILE}) under {run_dir}")
+    return max(candidates)[1]
+
+
+def build_trainer(
+    cfg: PretrainConfig,
+    datasets: dict,
+    *,
+    mlflow_run: dict | None = None,
+    resume_from: str | None = None,
+    max_failures: int = 1,
+    fail_once_at_step: int | None = None,
+):
+    """The ``TorchTrainer`` of a run (no side effects until ``fit()``)."""
+    import ray.train
+    from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
+    from ray.train.torch import TorchTrainer
+
+    if cfg.scale.strategy == "fsdp" and not cfg.scale.use_gpu:
+        raise ValueError("strategy 'fsdp' needs GPUs (scale.use_gpu=true); use 'ddp' on CPUs")
+    return TorchTrainer(
+        train_loop_per_worker,
+        train_loop_config={
+            "cfg": cfg.to_dict(),
+            "resume_from": resume_from,
+            "mlflow": mlflow_run,
+            "fail_once_at_step": fail_once_at_step,
+        },
+        scaling_config=ScalingConfig(
+            num_workers=cfg.scale.num_workers,
+            use_gpu=cfg.scale.use_gpu,
+            resources_per_worker={"CPU": cfg.scale.cpus_per_worker},
+        ),
+        run_config=RunConfig(
+            name=cfg.name,
+            storage_path=_storage(cfg.storage_path),
+            failure_config=FailureConfig(max_failures=max_failures),
+            checkpoint_config=CheckpointConfig(num_to_keep=cfg.train.keep_checkpoints),
+        ),
+        datasets=datasets,
+        dataset_config=ray.train.DataConfig(datasets_to_split=["train", "val"]),
+    )
+
+
+def _storage(path: str) -> str:
+    return path if "://" in path else str(Path(path).resolve())
+
+
+def run_pretraining(
+    cfg: PretrainConfig,
+    *,
+    resume: str | None = None,
+    max_failures: int = 1,
+    fail_once_at_step: int | None = None,
+) -> PretrainResult:
+    """Pretrain on ``cfg.data.corpus``; log everything to MLflow; register the final model.
+
+    Parameters
+    ----------
+    resume
+        A Ray Train run directory (or checkpoint folder) to continue from: weights, optimizer,
+        schedule, step counter and data position are restored.
+    max_failures
+        Worker failures Ray Train recovers from by restarting at the last checkpoint.
+    fail_once_at_step
+        Fault injection for recovery drills: one worker raises once at this step.
+    """
+    import mlflow
+    import ray
+
+    from scfm.train.data import corpus_splits
+
+    if not cfg.data.corpus:
+        raise ValueError("no corpus: set data.corpus (a directory built by `scfm corpus build`)")
+    if not ray.is_initialized():
+        ray.init(address=os.environ.get("RAY_ADDRESS"), log_to_driver=False)
+    resume_from = None
+    if resume:
+        p = Path(resume)
+        resume_from = str(p if (p / TRAIN_STATE_FILE).is_file() else latest_checkpoint(p))
+        logger.info("resuming from %s", resume_from)
+
+    uri = tracking_uri()
+    mlflow.set_tracking_uri(uri)
+    mlflow.set_experiment(cfg.tracking.experiment)
+    model_cfg = cfg.model_config()
+    with mlflow.start_run(run_name=cfg.tracking.run_name or cfg.name) as run:
+        mlflow.log_params(_flatten({"cfg": cfg.to_dict()}) | corpus_info(cfg.data.corpus))
+        mlflow.log_params({f"model.{k}": v for k, v in model_cfg.to_dict().items()})
+        mlflow.set_tags({"scfm.stage": "pretrain", "scfm.resumed_from": resume_from or ""})
+        mlflow.log_text(cfg.to_yaml(), "config/pretrain.yaml")
+        splits = corpus_splits(
+            cfg.data.corpus, max_train_cells=cfg.data.max_train_cells, val_cells=cfg.data.val_cells
+        )
+        trainer = build_trainer(
+            cfg,
+            splits,
+            mlflow_run={"tracking_uri": uri, "run_id": run.info.run_id},
+            resume_from=resume_from,
+            max_failures=max_failures,
+            fail_once_at_step=fail_once_at_step,
+        )
+        result = trainer.fit()
+        if result.checkpoint is None:
+            raise RuntimeError(f"pretraining ended without a checkpoint: {result.error}")
+        checkpoint_dir = result.checkpoint.path
+        with result.checkpoint.as_directory() as d:
+            mlflow.log_artifacts(d, "model")
+        model_uri = None
+        if cfg.tracking.register_as:
+            model_uri = _register(run, cfg.tracking.register_as)
+        metrics = dict(result.metrics or {})
+        return PretrainResult(
+            run_id=run.info.run_id,
+            metrics=metrics,
+            checkpoint_dir=checkpoint_dir,
+            run_dir=str(Path(_storage(cfg.storage_path)) / cfg.name),
+            model_uri=model_uri,
+        )
+
+
+def _register(run, name: str) -> str:
+    """Register the run's ``model`` artifact folder (no pickled model flavour: plain files)."""
+    from mlflow import MlflowClient
+    from mlflow.exceptions import MlflowException
+
+    client = MlflowClient()
+    try:
+        client.create_registered_model(name, description="scfm xTrimoGene checkpoints")
+    except MlflowException:
+        pass  # already registered
+    version = client.create_model_version(
+        name, source=f"{run.info.artifact_uri}/model", run_id=run.info.run_id
+    )
+    return f"models:/{name}/{version.version}"
+
+
+def download_model(model_uri: str, dst: str | None = None) -> Path:
+    """Fetch a registered checkpoint folder (``models:/name/version``) to a local directory."""
+    import mlflow
+
+    dst = dst or tempfile.mkdtemp(prefix="scfm-model-")
+    return Path(mlflow.artifacts.download_artifacts(artifact_uri=model_uri, dst_path=dst))

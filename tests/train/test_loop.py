@@ -1,0 +1,87 @@
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from scfm.model import XTrimoGene
+from scfm.model.config import ModelConfig
+from scfm.model.rda import RDAConfig
+from scfm.train.config import PretrainConfig, TrainArgs
+from scfm.train.loop import evaluate, micro_batches, train_step
+from scfm.train.optim import build_optimizer, build_scheduler, lr_factor, param_groups
+from tests.fixtures_data import pack_rows
+
+
+def test_lr_schedule_warms_up_then_decays_to_the_floor():
+    f = [lr_factor(s, warmup_steps=10, max_steps=110, min_ratio=0.1) for s in range(120)]
+    np.testing.assert_allclose(f[:10], np.arange(1, 11) / 10)
+    assert f[10] == pytest.approx(1.0)
+    assert f[60] == pytest.approx(0.55)  # half-way through the cosine
+    assert f[110] == pytest.approx(0.1) and f[119] == pytest.approx(0.1)
+    assert all(a >= b for a, b in zip(f[10:], f[11:], strict=False))
+
+
+def test_no_weight_decay_on_norms_biases_and_tables():
+    model = XTrimoGene(ModelConfig.from_name("tiny"))
+    decay, no_decay = param_groups(model, 0.1)
+    names = {id(p): n for n, p in model.named_parameters()}
+    no_decay_names = {names[id(p)] for p in no_decay["params"]}
+    assert "pos_emb.weight" in no_decay_names and "token_emb.emb.weight" in no_decay_names
+    assert all(p.ndim == 2 for p in decay["params"])
+    assert not any(names[id(p)].endswith(("bias", "norm.weight")) for p in decay["params"])
+    n_all = sum(1 for _ in model.parameters())
+    assert len(decay["params"]) + len(no_decay["params"]) == n_all
+
+
+def test_config_yaml_round_trip_and_overrides(tmp_path):
+    cfg = PretrainConfig.load(overrides=["model=3m", "train.lr=3e-4", "data.rda.beta_a=3"])
+    assert cfg.model == "3m" and cfg.train.lr == 3e-4 and cfg.data.rda.beta_a == 3
+    path = tmp_path / "c.yaml"
+    path.write_text(cfg.to_yaml())
+    again = PretrainConfig.load(path)
+    assert again == cfg
+    with pytest.raises(ValueError, match=r"unknown config keys \['train.learning_rate'\]"):
+        PretrainConfig.load(overrides=["train.learning_rate=1"])
+    with pytest.raises(KeyError, match="unknown model preset"):
+        PretrainConfig.load(overrides=["model=7b"])
+    bad = PretrainConfig.load(overrides=["train.global_batch_size=10", "data.micro_batch_size=4"])
+    with pytest.raises(ValueError, match="not a multiple"):
+        _ = bad.grad_accum_steps
+
+
+def test_tiny_model_learns_real_cells(kang_vocab_counts):
+    torch.manual_seed(0)
+    rng = np.random.default_rng(0)
+    X = kang_vocab_counts[:48]
+    batches = [pack_rows(X[i : i + 8]) for i in range(0, 48, 8)]
+    val = [pack_rows(kang_vocab_counts[100:116])]
+    model = XTrimoGene(ModelConfig.from_name("tiny"))
+    args = TrainArgs(max_steps=40, lr=1e-2, warmup_steps=3)
+    opt = build_optimizer(model, args)
+    sched = build_scheduler(opt, args)
+    rda = RDAConfig()
+    cpu = torch.device("cpu")
+    before = evaluate(model, val, rda, device=cpu)
+    losses = []
+    for step in range(args.max_steps):
+        it = iter(batches[(2 * step) % 6 : (2 * step) % 6 + 2])
+        mbs = micro_batches(it, rda, rng, 2)
+        res = train_step(model, mbs, opt, sched, device=cpu, grad_clip=1.0)
+        assert res.cells == 16 and res.tokens > 16 * 2
+        losses.append(res.loss)
+    after = evaluate(model, val, rda, device=cpu)
+    assert all(math.isfinite(v) for v in (*before.values(), *after.values()))
+    # Measured: train loss 1.07 -> 0.87 and val loss 1.16 -> 0.90 over these 40 steps.
+    assert np.mean(losses[-5:]) < 0.92 * np.mean(losses[:3])
+    assert after["val_loss"] < 0.9 * before["val_loss"]
+    assert after["val_rde_mae"] < before["val_rde_mae"]
+    # evaluation is deterministic
+    assert evaluate(model, val, rda, device=cpu) == after
+
+
+def test_micro_batches_stop_at_the_end_of_data(kang_vocab_counts):
+    it = iter([pack_rows(kang_vocab_counts[:4])])
+    assert micro_batches(it, RDAConfig(), np.random.default_rng(0), 2) is None

@@ -1,0 +1,92 @@
+"""Real Ray Train runs on 2 CPU workers with a real sqlite MLflow store (about a minute each)."""
+
+from __future__ import annotations
+
+import mlflow
+import numpy as np
+import pytest
+import torch
+
+from scfm.model import load_checkpoint
+from scfm.model.rda import prepare_inference
+from scfm.train.config import PretrainConfig
+from scfm.train.pretrain import download_model, latest_checkpoint, run_pretraining
+from tests.fixtures_data import pack_rows
+
+pytestmark = pytest.mark.slow
+
+
+def _cfg(corpus: str, storage: str, name: str, steps: int) -> PretrainConfig:
+    return PretrainConfig.load(
+        overrides=[
+            "model=tiny",
+            f"data.corpus={corpus}",
+            "data.micro_batch_size=4",
+            "data.val_cells=24",
+            "train.global_batch_size=8",
+            f"train.max_steps={steps}",
+            "train.lr=1e-2",
+            "train.warmup_steps=2",
+            "train.log_every=2",
+            "train.val_every=6",
+            "train.checkpoint_every=6",
+            "scale.num_workers=2",
+            "scale.cpus_per_worker=0.5",
+            f"storage_path={storage}",
+            f"name={name}",
+            "tracking.register_as=scfm-test",
+        ]
+    )
+
+
+def _history(run_id: str, key: str) -> list[tuple[int, float]]:
+    return [(m.step, m.value) for m in mlflow.MlflowClient().get_metric_history(run_id, key)]
+
+
+def test_two_workers_learn_register_and_resume(
+    ray_local, mlflow_uri, kang_corpus, tmp_path, kang_vocab_counts
+):
+    cfg = _cfg(kang_corpus, str(tmp_path / "ray"), "run-a", steps=12)
+    result = run_pretraining(cfg)
+    assert result.metrics["step"] == 12
+    val = _history(result.run_id, "val_loss")
+    assert [s for s, _ in val] == [0, 6, 12]  # step 0: the untrained model
+    assert val[-1][1] < 0.95 * val[0][1]  # validation loss falls
+    rde = _history(result.run_id, "val_rde_mae")
+    assert len(rde) == 3 and rde[-1][1] < rde[0][1]
+    assert _history(result.run_id, "cells_per_s")[-1][1] > 0
+    run = mlflow.get_run(result.run_id)
+    assert run.data.params["cfg.model"] == "tiny" and run.data.params["model.enc_dim"] == "32"
+
+    # The registered model loads and gives the same outputs as the run's checkpoint.
+    assert result.model_uri == "models:/scfm-test/1"
+    registered, info = load_checkpoint(download_model(result.model_uri, str(tmp_path / "dl")))
+    local, _ = load_checkpoint(result.checkpoint_dir)
+    assert info["metadata"]["step"] == 12
+    batch = prepare_inference(pack_rows(kang_vocab_counts[:5]))
+    with torch.inference_mode():
+        torch.testing.assert_close(
+            registered.embed_cells(*batch.encoder_inputs()),
+            local.embed_cells(*batch.encoder_inputs()),
+        )
+
+    # --resume continues the step counter from the run directory.
+    more = _cfg(kang_corpus, str(tmp_path / "ray"), "run-b", steps=18)
+    resumed = run_pretraining(more, resume=result.run_dir)
+    assert resumed.metrics["step"] == 18
+    assert _history(resumed.run_id, "restored_step") == [(12, 12.0)]
+    assert [s for s, _ in _history(resumed.run_id, "loss")][0] == 13
+    assert latest_checkpoint(resumed.run_dir) == latest_checkpoint(tmp_path / "ray" / "run-b")
+
+
+def test_injected_worker_failure_resumes_from_checkpoint(
+    ray_local, mlflow_uri, kang_corpus, tmp_path
+):
+    cfg = _cfg(kang_corpus, str(tmp_path / "ray"), "run-fail", steps=12)
+    result = run_pretraining(cfg, fail_once_at_step=9, max_failures=1)
+    assert result.metrics["step"] == 12
+    # The failure struck after step 9; the run restarted at the step-6 checkpoint.
+    assert _history(result.run_id, "restored_step") == [(6, 6.0)]
+    steps = [s for s, _ in _history(result.run_id, "loss")]
+    assert steps.count(8) == 2 and steps.count(12) == 1 and max(steps) == 12
+    assert np.isfinite(result.metrics["val_loss"])
