@@ -12,6 +12,7 @@ import typer
 from rich.console import Console
 
 from scfm import __version__
+from scfm.corpus.cli import corpus_app
 
 app = typer.Typer(
     name="scfm",
@@ -24,6 +25,7 @@ genes_app = typer.Typer(
 )
 data_app = typer.Typer(help="Bundled and registered data resources.", no_args_is_help=True)
 app.add_typer(genes_app, name="genes")
+app.add_typer(corpus_app, name="corpus")
 app.add_typer(data_app, name="data")
 
 # Piped output (CI logs, files) gets a wide console rather than rich's 80-column fallback.

@@ -30,36 +30,22 @@ def kang_vocab_counts():
 
 
 @pytest.fixture(scope="session")
-def kang_corpus(tmp_path_factory, kang_vocab_counts) -> str:
-    """A small corpus in the shard schema: 96 train + 24 val real Kang cells, two shards."""
-    import pyarrow as pa
-    import pyarrow.parquet as pq
+def kang_corpus(tmp_path_factory) -> str:
+    """A real corpus built by the corpus pipeline from the Kang h5ad (in-process, no MLflow)."""
+    from scfm.corpus.build import BuildConfig, build_corpus
+    from scfm.corpus.sources import H5ADSource
 
     root = tmp_path_factory.mktemp("corpus")
-    X = kang_vocab_counts[:120].tocsr()
-    X.sort_indices()
-    rows = []
-    for i in range(X.shape[0]):
-        lo, hi = X.indptr[i], X.indptr[i + 1]
-        rows.append(
-            {
-                "cell_id": f"kang2018:kang:{i}",
-                "gene_idx": X.indices[lo:hi].astype(np.int32),
-                "counts": X.data[lo:hi].astype(np.float32),
-                "total_counts": int(X.data[lo:hi].sum()),
-                "split": "val" if i >= 96 else "train",
-            }
+    result = build_corpus(
+        BuildConfig(
+            output=str(root),
+            sources=[H5ADSource(paths=[str(datasets.fetch("kang2018"))], name="kang")],
+            block_cells=1000,
+            val_fraction=0.1,
+            executor="local",
+            mlflow=False,
+            progress=False,
         )
-    schema = pa.schema(
-        [
-            ("cell_id", pa.string()),
-            ("gene_idx", pa.list_(pa.int32())),
-            ("counts", pa.list_(pa.float32())),
-            ("total_counts", pa.int64()),
-            ("split", pa.string()),
-        ]
     )
-    for shard, part in enumerate((rows[:60], rows[60:])):
-        table = pa.Table.from_pylist(part, schema=schema)
-        pq.write_table(table, root / f"shard-{shard:05d}.parquet")
+    assert result.exit_code == 0
     return str(root)

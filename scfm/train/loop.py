@@ -95,6 +95,66 @@ def rde_eval_config(rda: RDAConfig) -> RDAConfig:
 
 
 @torch.inference_mode()
+def validation_sums(
+    model: nn.Module,
+    packed_batches: Iterable[Mapping[str, Any]],
+    rda: RDAConfig,
+    *,
+    device: torch.device,
+    precision: str = "fp32",
+    seed: int = 1234,
+) -> dict[str, float]:
+    """Additive validation statistics (sums and counts), so ranks combine by summing.
+
+    ``loss_sum``/``loss_n``: squared error and count of masked positions of the RDA objective.
+    ``rde_abs``/``rde_rel``/``rde_n``: the read-depth-enhancement error: each eligible cell is
+    down-sampled, the model predicts at the original depth (T), and predictions are compared with
+    the original normalized expression of the genes the cell expressed.
+    """
+    model.eval()
+    rng = np.random.default_rng(seed)
+    rde_cfg = rde_eval_config(rda)
+    sums = dict.fromkeys(VALIDATION_SUMS, 0.0)
+    for packed in packed_batches:
+        mb = collate(packed, rda, rng).to(device)
+        with autocast(device, precision):
+            pred = model(*mb.encoder_inputs(), mb.masked).float()
+        n_masked = float(mb.masked.sum())
+        sums["loss_sum"] += float(masked_mse(pred, mb.target, mb.masked)) * n_masked
+        sums["loss_n"] += n_masked
+
+        rb = collate(packed, rde_cfg, rng).to(device)
+        with autocast(device, precision):
+            pred = model(*rb.encoder_inputs(), None).float()
+        thinned = (rb.S < rb.T).unsqueeze(1)  # cells that were down-sampled
+        expressed = (rb.target > 0) & thinned  # (B, 19264)
+        diff = (pred - rb.target).abs()[expressed]
+        sums["rde_abs"] += float(diff.sum())
+        sums["rde_rel"] += float((diff / rb.target[expressed]).sum())
+        sums["rde_n"] += float(expressed.sum())
+    model.train()
+    return sums
+
+
+VALIDATION_SUMS = ("loss_sum", "loss_n", "rde_abs", "rde_rel", "rde_n")
+
+
+def validation_metrics(sums: Mapping[str, float]) -> dict[str, float]:
+    """``val_loss`` (masked MSE) and ``val_rde_mae``/``val_rde_mre`` from summed statistics.
+
+    A metric with nothing to average (e.g. no cell deep enough to down-sample) is NaN.
+    """
+
+    def ratio(num: str, den: str) -> float:
+        return sums[num] / sums[den] if sums[den] else math.nan
+
+    return {
+        "val_loss": ratio("loss_sum", "loss_n"),
+        "val_rde_mae": ratio("rde_abs", "rde_n"),
+        "val_rde_mre": ratio("rde_rel", "rde_n"),
+    }
+
+
 def evaluate(
     model: nn.Module,
     packed_batches: Iterable[Mapping[str, Any]],
@@ -104,43 +164,11 @@ def evaluate(
     precision: str = "fp32",
     seed: int = 1234,
 ) -> dict[str, float]:
-    """Validation metrics over packed loader batches, with fixed randomness.
-
-    Returns
-    -------
-    dict
-        ``val_loss``: masked MSE of the RDA objective. ``val_rde_mae`` / ``val_rde_mre``: the
-        paper's read-depth-enhancement error: each eligible cell is down-sampled, the model
-        predicts at the original depth (T), and predictions are compared with the original
-        normalized expression of the genes it expressed (mean absolute and mean relative error).
-    """
-    model.eval()
-    rng = np.random.default_rng(seed)
-    rde_cfg = rde_eval_config(rda)
-    loss_sum = loss_n = 0.0
-    abs_err = rel_err = n_err = 0.0
-    for packed in packed_batches:
-        mb = collate(packed, rda, rng).to(device)
-        with autocast(device, precision):
-            pred = model(*mb.encoder_inputs(), mb.masked).float()
-        n_masked = float(mb.masked.sum())
-        loss_sum += float(masked_mse(pred, mb.target, mb.masked)) * n_masked
-        loss_n += n_masked
-
-        rb = collate(packed, rde_cfg, rng).to(device)
-        with autocast(device, precision):
-            pred = model(*rb.encoder_inputs(), None).float()
-        thinned = (rb.S < rb.T).unsqueeze(1)  # cells that were down-sampled
-        expressed = (rb.target > 0) & thinned  # (B, 19264)
-        diff = (pred - rb.target).abs()[expressed]
-        abs_err += float(diff.sum())
-        rel_err += float((diff / rb.target[expressed]).sum())
-        n_err += float(expressed.sum())
-    out = {"val_loss": loss_sum / loss_n if loss_n else math.nan}
-    out["val_rde_mae"] = abs_err / n_err if n_err else math.nan
-    out["val_rde_mre"] = rel_err / n_err if n_err else math.nan
-    model.train()
-    return out
+    """Validation metrics over packed loader batches, with fixed randomness (one process)."""
+    sums = validation_sums(
+        model, packed_batches, rda, device=device, precision=precision, seed=seed
+    )
+    return validation_metrics(sums)
 
 
 def micro_batches(

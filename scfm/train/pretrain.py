@@ -30,35 +30,17 @@ class PretrainResult:
     model_uri: str | None  # models:/name/version when registered
 
 
-def tracking_uri() -> str:
-    """``MLFLOW_TRACKING_URI`` or a sqlite store in the working directory."""
-    return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{Path.cwd() / 'mlflow.db'}"
-
-
-def _flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for k, v in d.items():
-        if isinstance(v, dict) and v:
-            out |= _flatten(v, f"{prefix}{k}.")
-        else:
-            out[f"{prefix}{k}"] = v
-    return out
-
-
-def corpus_info(corpus: str) -> dict[str, str]:
-    """Corpus version and manifest checksum, to link the run to the data it saw."""
-    manifest = Path(corpus) / "manifest.json"
-    if not manifest.is_file():
-        return {"corpus.path": corpus}
-    raw = manifest.read_bytes()
-    data = json.loads(raw)
+def corpus_info(corpus) -> dict[str, str]:
+    """Corpus version, manifest checksum and build run, linking the run to the data it saw."""
+    raw = json.dumps(corpus.manifest, sort_keys=True).encode()
     info = {
-        "corpus.path": corpus,
+        "corpus.uri": corpus.uri,
+        "corpus.version": str(corpus.version),
         "corpus.manifest_sha256": hashlib.sha256(raw).hexdigest(),
+        "corpus.n_cells": str(corpus.n_cells),
     }
-    for key in ("version", "corpus_version", "mlflow_run_id"):
-        if key in data:
-            info[f"corpus.{key}"] = str(data[key])
+    if corpus.manifest.get("mlflow_run_id"):
+        info["corpus.mlflow_run_id"] = str(corpus.manifest["mlflow_run_id"])
     return info
 
 
@@ -141,6 +123,8 @@ def run_pretraining(
     import mlflow
     import ray
 
+    from scfm.corpus.loader import open_corpus
+    from scfm.tracking import flatten, start_run, tracking_uri
     from scfm.train.data import corpus_splits
 
     if not cfg.data.corpus:
@@ -154,16 +138,25 @@ def run_pretraining(
         logger.info("resuming from %s", resume_from)
 
     uri = tracking_uri()
-    mlflow.set_tracking_uri(uri)
-    mlflow.set_experiment(cfg.tracking.experiment)
     model_cfg = cfg.model_config()
-    with mlflow.start_run(run_name=cfg.tracking.run_name or cfg.name) as run:
-        mlflow.log_params(_flatten({"cfg": cfg.to_dict()}) | corpus_info(cfg.data.corpus))
+    corpus = open_corpus(cfg.data.corpus)
+    info = corpus_info(corpus)
+    tags = {
+        "scfm.resumed_from": resume_from or "",
+        "scfm.corpus_version": info["corpus.version"],
+        "scfm.corpus_uri": info["corpus.uri"],
+    }
+    with start_run(
+        "pretrain",
+        experiment=cfg.tracking.experiment,
+        run_name=cfg.tracking.run_name or cfg.name,
+        tags=tags,
+    ) as run:
+        mlflow.log_params(flatten({"cfg": cfg.to_dict()}) | info)
         mlflow.log_params({f"model.{k}": v for k, v in model_cfg.to_dict().items()})
-        mlflow.set_tags({"scfm.stage": "pretrain", "scfm.resumed_from": resume_from or ""})
         mlflow.log_text(cfg.to_yaml(), "config/pretrain.yaml")
         splits = corpus_splits(
-            cfg.data.corpus, max_train_cells=cfg.data.max_train_cells, val_cells=cfg.data.val_cells
+            corpus, max_train_cells=cfg.data.max_train_cells, val_cells=cfg.data.val_cells
         )
         trainer = build_trainer(
             cfg,

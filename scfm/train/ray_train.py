@@ -22,11 +22,12 @@ from scfm.model.checkpoint import read_checkpoint, save_checkpoint
 from scfm.model.xtrimogene import XTrimoGene
 from scfm.train.config import PretrainConfig
 from scfm.train.loop import (
-    evaluate,
     micro_batches,
     resolve_precision,
     train_step,
     training_state,
+    validation_metrics,
+    validation_sums,
 )
 from scfm.train.optim import build_optimizer, build_scheduler
 
@@ -63,14 +64,14 @@ def _strip_ddp_prefix(state: dict) -> dict:
     return {k.removeprefix("module."): v for k, v in state.items()}
 
 
-def _all_reduce_mean(values: dict[str, float], weight: float) -> dict[str, float]:
-    """Weighted mean of per-rank metrics (validation shards differ in size)."""
+def _all_reduce_sum(values: dict[str, float]) -> dict[str, float]:
+    """Sum per-rank statistics over all ranks (validation shards differ in size and content)."""
     if not (torch.distributed.is_available() and torch.distributed.is_initialized()):
         return values
     keys = sorted(values)
-    t = torch.tensor([values[k] * weight for k in keys] + [weight], dtype=torch.float64)
+    t = torch.tensor([values[k] for k in keys], dtype=torch.float64)
     torch.distributed.all_reduce(t)
-    return {k: float(t[i] / t[-1]) for i, k in enumerate(keys)}
+    return {k: float(t[i]) for i, k in enumerate(keys)}
 
 
 def train_loop_per_worker(config: dict[str, Any]) -> None:
@@ -78,7 +79,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     import ray.train
     import ray.train.torch
 
-    from scfm.train.data import packed_batch_from_arrow
+    from scfm.corpus.loader import pack
 
     cfg = PretrainConfig.from_dict(config["cfg"])
     ctx = ray.train.get_context()
@@ -128,7 +129,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
             local_shuffle_buffer_size=8 * mb_size if seed is not None else None,
             local_shuffle_seed=seed,
         ):
-            yield packed_batch_from_arrow(table)
+            yield pack(table)
 
     def start_epoch(e: int, skip: int) -> Iterator[dict]:
         it = packed(train_shard, cfg.data.shuffle_seed + e)
@@ -137,14 +138,11 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         return it
 
     def validate() -> dict[str, float]:
-        val_batches = list(packed(val_shard, None))
-        n_val = sum(len(b["total_counts"]) for b in val_batches)
-        local = (
-            evaluate(model, val_batches, cfg.data.rda, device=device, precision=precision)
-            if n_val
-            else {"val_loss": 0.0, "val_rde_mae": 0.0, "val_rde_mre": 0.0}
+        val_batches = packed(val_shard, None)
+        local = validation_sums(
+            model, val_batches, cfg.data.rda, device=device, precision=precision
         )
-        return _all_reduce_mean(local, float(n_val))
+        return validation_metrics(_all_reduce_sum(local))
 
     it = start_epoch(epoch, position)
     tracker = _RankZeroTracker(config.get("mlflow"), rank)

@@ -90,6 +90,13 @@ def ray_head(tmp_path_factory):
             "127.0.0.1",
             "--dashboard-port",
             str(dash),
+            # Fixed-default ports would clash with the session's own local Ray.
+            "--dashboard-agent-listen-port",
+            str(free_port()),
+            "--metrics-export-port",
+            str(free_port()),
+            "--ray-client-server-port",
+            str(free_port()),
             "--num-cpus",
             "2",
             "--include-dashboard",
@@ -108,6 +115,28 @@ def ray_head(tmp_path_factory):
         wait_http(f"{address}/api/version", timeout=60)
         yield address
     finally:
-        subprocess.run(
-            [str(BIN / "ray"), "stop", "--force"], env=env, capture_output=True, timeout=60
-        )
+        stop_processes_using(temp)
+
+
+def stop_processes_using(temp: Path, timeout: float = 15) -> None:
+    """Kill this head's processes only (``ray stop`` would also kill the session's local Ray)."""
+    pids = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit() or int(entry.name) == os.getpid():
+            continue
+        try:
+            cmdline = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+        except OSError:
+            continue
+        if str(temp) in cmdline:
+            pids.append(int(entry.name))
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        pids = [p for p in pids if Path(f"/proc/{p}").exists()]
+        for pid in pids:
+            try:
+                os.kill(pid, sig)
+            except ProcessLookupError:
+                pass
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline and any(Path(f"/proc/{p}").exists() for p in pids):
+            time.sleep(0.2)

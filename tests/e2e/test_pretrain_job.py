@@ -7,6 +7,7 @@ import os
 import re
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import mlflow
@@ -52,7 +53,12 @@ def test_pretrain_job_succeeds_and_is_tracked(ray_head, mlflow_server, kang_corp
         "tracking.experiment=pretrain-e2e",
     ]
     env = os.environ | {"RAY_AUTH_MODE": "disabled"}
-    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
+    for _ in range(12):  # the head's job agent can start after its dashboard answers
+        proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
+        if "No available agent to submit job" not in proc.stderr + proc.stdout:
+            break
+        time.sleep(5)
+    (tmp_path / "job.log").write_text(proc.stdout + proc.stderr)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     from ray.job_submission import JobStatus, JobSubmissionClient
 

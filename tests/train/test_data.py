@@ -1,18 +1,19 @@
 from __future__ import annotations
 
-import numpy as np
-import pyarrow.parquet as pq
-
-from scfm.train.data import corpus_files, packed_batch_from_arrow
-from tests.fixtures_data import pack_rows
+from scfm.corpus.loader import open_corpus
+from scfm.train.data import corpus_splits
 
 
-def test_arrow_tables_pack_exactly_like_the_csr_rows(kang_corpus, kang_vocab_counts):
-    files = corpus_files(kang_corpus)
-    assert len(files) == 2
-    table = pq.read_table(files[1]).slice(5, 7)  # a sliced table: offsets must restart at 0
-    packed = packed_batch_from_arrow(table)
-    expected = pack_rows(kang_vocab_counts[65:72])
-    for key in ("gene_idx", "counts", "offsets", "total_counts"):
-        np.testing.assert_array_equal(packed[key], expected[key])
-    assert packed["gene_idx"].dtype == np.int32 and packed["offsets"][0] == 0
+def test_splits_cover_the_corpus_once(ray_local, kang_corpus):
+    corpus = open_corpus(kang_corpus)
+    splits = corpus_splits(corpus)
+    ids = {
+        name: {r["cell_id"] for r in ds.select_columns(["cell_id"]).take_all()}
+        for name, ds in splits.items()
+    }
+    assert len(ids["train"]) == corpus.n_cells_split("train") > 1000
+    assert len(ids["val"]) == corpus.n_cells_split("val") > 100
+    assert not ids["train"] & ids["val"]
+    assert len(ids["train"]) + len(ids["val"]) == corpus.n_cells
+    capped = corpus_splits(corpus, max_train_cells=50, val_cells=10)
+    assert capped["train"].count() == 50 and capped["val"].count() == 10

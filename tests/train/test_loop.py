@@ -10,7 +10,13 @@ from scfm.model import XTrimoGene
 from scfm.model.config import ModelConfig
 from scfm.model.rda import RDAConfig
 from scfm.train.config import PretrainConfig, TrainArgs
-from scfm.train.loop import evaluate, micro_batches, train_step
+from scfm.train.loop import (
+    evaluate,
+    micro_batches,
+    train_step,
+    validation_metrics,
+    validation_sums,
+)
 from scfm.train.optim import build_optimizer, build_scheduler, lr_factor, param_groups
 from tests.fixtures_data import pack_rows
 
@@ -85,3 +91,21 @@ def test_tiny_model_learns_real_cells(kang_vocab_counts):
 def test_micro_batches_stop_at_the_end_of_data(kang_vocab_counts):
     it = iter([pack_rows(kang_vocab_counts[:4])])
     assert micro_batches(it, RDAConfig(), np.random.default_rng(0), 2) is None
+
+
+def test_validation_sums_combine_across_shards(kang_vocab_counts):
+    """Ranks sum statistics: a shard without deep cells must not turn the RDE metric into NaN."""
+    totals = np.asarray(kang_vocab_counts.sum(axis=1)).ravel()
+    shallow = kang_vocab_counts[np.flatnonzero(totals < 1000)[:6]]  # never down-sampled
+    deep = kang_vocab_counts[np.flatnonzero(totals > 3000)[:6]]
+    model = XTrimoGene(ModelConfig.from_name("tiny"))
+    rda, cpu = RDAConfig(), torch.device("cpu")
+    a = validation_sums(model, [pack_rows(shallow)], rda, device=cpu)
+    b = validation_sums(model, [pack_rows(deep)], rda, device=cpu)
+    assert a["rde_n"] == 0 and math.isnan(validation_metrics(a)["val_rde_mae"])
+    combined = validation_metrics({k: a[k] + b[k] for k in a})
+    assert combined["val_rde_mae"] == pytest.approx(b["rde_abs"] / b["rde_n"])
+    assert combined["val_loss"] == pytest.approx(
+        (a["loss_sum"] + b["loss_sum"]) / (a["loss_n"] + b["loss_n"])
+    )
+    assert math.isfinite(combined["val_loss"]) and a["loss_n"] > 0 and b["loss_n"] > 0

@@ -1,0 +1,243 @@
+"""``scfm corpus build|refresh``: the corpus job from the command line.
+
+Register in ``scfm/cli.py`` with ``app.add_typer(corpus_app, name="corpus")``.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+corpus_app = typer.Typer(
+    help="Build and refresh the training corpus (sparse parquet shards + manifest).",
+    no_args_is_help=True,
+)
+console = Console(width=None if sys.stdout.isatty() else 140)
+
+Output = Annotated[str, typer.Option("--output", "-o", help="Corpus root: path or URI.")]
+CensusVersion = Annotated[str | None, typer.Option(help="Pinned Census release, e.g. 2025-01-30.")]
+CensusUri = Annotated[str | None, typer.Option(help="A Census-shaped SOMA store (path/URI).")]
+ObsFilter = Annotated[
+    str | None,
+    typer.Option(help="Extra Census obs value filter, e.g. \"tissue_general == 'blood'\"."),
+]
+H5ad = Annotated[list[Path] | None, typer.Option("--h5ad", help=".h5ad file (repeatable).")]
+TenX = Annotated[
+    list[Path] | None, typer.Option("--tenx", help="10x MEX directory or .h5 (repeatable).")
+]
+Dirs = Annotated[
+    list[Path] | None, typer.Option("--dir", help="Directory of .h5ad / 10x inputs (repeatable).")
+]
+MinGenes = Annotated[int, typer.Option(help="Keep cells with more than this many genes.")]
+MaxGenes = Annotated[int | None, typer.Option(help="Keep cells with at most this many genes.")]
+MinCounts = Annotated[float | None, typer.Option(help="Keep cells with at least these counts.")]
+MaxMito = Annotated[float | None, typer.Option(help="Keep cells with mito fraction <= this.")]
+BlockCells = Annotated[int, typer.Option(help="Cells per work unit (per worker at once).")]
+ShardCells = Annotated[int, typer.Option(help="Max cells per parquet file.")]
+ValFraction = Annotated[float, typer.Option(help="Fraction of cells in the val split.")]
+Strict = Annotated[bool, typer.Option(help="Exit 1 if any input was quarantined.")]
+Mlflow = Annotated[bool, typer.Option(help="Log the run to MLflow experiment 'corpus'.")]
+Executor = Annotated[str, typer.Option(help="'ray' (local or RAY_ADDRESS) or 'local'.")]
+RayAddress = Annotated[str | None, typer.Option(help="Ray cluster address (default: local).")]
+Resume = Annotated[bool, typer.Option(help="Reuse blocks finished by an interrupted run.")]
+Progress = Annotated[bool, typer.Option(help="Show Ray Data progress bars.")]
+
+
+def _sources(census_version, census_uri, obs_filter, h5ad, tenx, dirs):
+    from scfm.corpus.sources import CensusSource, DirectorySource, H5ADSource, TenXSource
+
+    sources = []
+    if census_version or census_uri:
+        sources.append(
+            CensusSource(census_version=census_version, uri=census_uri, obs_value_filter=obs_filter)
+        )
+    if h5ad:
+        sources.append(H5ADSource(paths=[str(p) for p in h5ad]))
+    if tenx:
+        sources.append(TenXSource(paths=[str(p) for p in tenx]))
+    for i, d in enumerate(dirs or []):
+        sources.append(DirectorySource(root=str(d), name="dir" if i == 0 else f"dir{i}"))
+    return sources
+
+
+def _run(refresh: bool, sources, output: str, **kw) -> None:
+    from scfm.corpus.build import BuildConfig, build_corpus, summary_rows
+    from scfm.corpus.qc import QCConfig
+
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    if not sources and refresh:
+        sources = _sources_from_last_manifest(output)
+    if not sources:
+        raise typer.BadParameter(
+            "give at least one source: --census-version/--census-uri, --h5ad, --tenx or --dir"
+        )
+    qc = QCConfig(
+        min_genes=kw.pop("min_genes"),
+        max_genes=kw.pop("max_genes"),
+        min_counts=kw.pop("min_counts"),
+        max_mito_fraction=kw.pop("max_mito"),
+    )
+    cfg = BuildConfig(output=output, sources=sources, qc=qc, refresh=refresh, **kw)
+    result = build_corpus(cfg)
+    _print_summary(result.manifest, summary_rows(result.manifest))
+    console.print(
+        f"manifest: {result.manifest_path}  ({result.seconds:.1f} s"
+        + (f", MLflow run {result.mlflow_run_id}" if result.mlflow_run_id else "")
+        + ")"
+    )
+    if result.exit_code:
+        console.print("[red]--strict: inputs were quarantined[/red]")
+    raise typer.Exit(code=result.exit_code)
+
+
+def _sources_from_last_manifest(output: str):
+    from scfm.corpus.manifest import load_manifest
+    from scfm.corpus.shards import resolve
+    from scfm.corpus.sources import source_from_config
+
+    fs, root = resolve(output)
+    man = load_manifest(fs, root)
+    if man is None:
+        return []
+    return [source_from_config(s["config"]) for s in man["sources"]]
+
+
+def _print_summary(manifest: dict, rows: list[dict]) -> None:
+    t = manifest["totals"]
+    table = Table(title=f"corpus v{manifest['corpus_version']} ({manifest['kind']})")
+    for col, just in (
+        ("source", "left"),
+        ("dataset", "left"),
+        ("status", "left"),
+        ("in", "right"),
+        ("kept", "right"),
+        ("dropped", "right"),
+        ("genes mapped", "right"),
+        ("shards", "right"),
+        ("note", "left"),
+    ):
+        table.add_column(col, justify=just, overflow="fold")
+    for r in rows:
+        table.add_row(
+            r["source"],
+            r["dataset"][:40],
+            r["status"],
+            f"{r['in']:,}",
+            f"{r['kept']:,}",
+            f"{r['dropped']:,}",
+            r["genes_mapped"],
+            str(r["shards"]),
+            r["note"],
+        )
+    table.add_section()
+    table.add_row(
+        "total",
+        f"{t['n_datasets']} data sets",
+        f"{t['n_quarantined']} quarantined",
+        f"{t['n_cells_in']:,}",
+        f"{t['n_cells_kept']:,}",
+        f"{t['n_cells_in'] - t['n_cells_kept']:,}",
+        "",
+        str(t["n_shards"]),
+        ", ".join(f"{k} {v:,}" for k, v in t["dropped"].items() if v),
+    )
+    console.print(table)
+    ch = manifest["changes"]
+    console.print(", ".join(f"{k}: {len(v)}" for k, v in ch.items()))
+
+
+@corpus_app.command()
+def build(
+    output: Output,
+    census_version: CensusVersion = None,
+    census_uri: CensusUri = None,
+    obs_filter: ObsFilter = None,
+    h5ad: H5ad = None,
+    tenx: TenX = None,
+    dirs: Dirs = None,
+    min_genes: MinGenes = 200,
+    max_genes: MaxGenes = None,
+    min_counts: MinCounts = None,
+    max_mito: MaxMito = None,
+    block_cells: BlockCells = 20_000,
+    max_cells_per_shard: ShardCells = 100_000,
+    val_fraction: ValFraction = 0.02,
+    strict: Strict = False,
+    mlflow: Mlflow = True,
+    executor: Executor = "ray",
+    ray_address: RayAddress = None,
+    resume: Resume = True,
+    progress: Progress = True,
+) -> None:
+    """Build a new corpus version from the given sources."""
+    _run(
+        False,
+        _sources(census_version, census_uri, obs_filter, h5ad, tenx, dirs),
+        output,
+        min_genes=min_genes,
+        max_genes=max_genes,
+        min_counts=min_counts,
+        max_mito=max_mito,
+        block_cells=block_cells,
+        max_cells_per_shard=max_cells_per_shard,
+        val_fraction=val_fraction,
+        strict=strict,
+        mlflow=mlflow,
+        executor=executor,
+        ray_address=ray_address,
+        resume=resume,
+        progress=progress,
+    )
+
+
+@corpus_app.command()
+def refresh(
+    output: Output,
+    census_version: CensusVersion = None,
+    census_uri: CensusUri = None,
+    obs_filter: ObsFilter = None,
+    h5ad: H5ad = None,
+    tenx: TenX = None,
+    dirs: Dirs = None,
+    min_genes: MinGenes = 200,
+    max_genes: MaxGenes = None,
+    min_counts: MinCounts = None,
+    max_mito: MaxMito = None,
+    block_cells: BlockCells = 20_000,
+    max_cells_per_shard: ShardCells = 100_000,
+    val_fraction: ValFraction = 0.02,
+    strict: Strict = False,
+    mlflow: Mlflow = True,
+    executor: Executor = "ray",
+    ray_address: RayAddress = None,
+    resume: Resume = True,
+    progress: Progress = True,
+) -> None:
+    """Process only new or changed data sets; retire removed ones; commit a new version.
+
+    Without source options, the sources of the newest manifest are used.
+    """
+    _run(
+        True,
+        _sources(census_version, census_uri, obs_filter, h5ad, tenx, dirs),
+        output,
+        min_genes=min_genes,
+        max_genes=max_genes,
+        min_counts=min_counts,
+        max_mito=max_mito,
+        block_cells=block_cells,
+        max_cells_per_shard=max_cells_per_shard,
+        val_fraction=val_fraction,
+        strict=strict,
+        mlflow=mlflow,
+        executor=executor,
+        ray_address=ray_address,
+        resume=resume,
+        progress=progress,
+    )

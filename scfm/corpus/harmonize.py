@@ -1,0 +1,225 @@
+"""Harmonize one block of cells: validate counts, map genes, QC, and build the shard table.
+
+The hot path is O(nnz) numpy/scipy, never a dense cells × 19,264 matrix.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from functools import lru_cache
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import scipy.sparse as sp
+
+from scfm.corpus.qc import CellStats, QCConfig, count_reasons, drop_reasons
+from scfm.genes import N_GENES, GeneMapping, GeneVocab
+
+logger = logging.getLogger(__name__)
+
+SPLIT_SALT = "scfm-split-v1"
+
+# Cell metadata columns of the corpus (strings, null when the source does not know them).
+METADATA_COLUMNS: tuple[str, ...] = (
+    "cell_type",
+    "cell_type_ontology_term_id",
+    "tissue",
+    "tissue_ontology_term_id",
+    "assay",
+    "assay_ontology_term_id",
+    "disease",
+    "disease_ontology_term_id",
+    "donor_id",
+    "sex",
+    "development_stage",
+    "suspension_type",
+)
+
+SCHEMA = pa.schema(
+    [
+        pa.field("cell_id", pa.string(), nullable=False),
+        pa.field("source", pa.string(), nullable=False),
+        pa.field("dataset_id", pa.string(), nullable=False),
+        pa.field("obs_id", pa.string(), nullable=False),
+        pa.field("gene_idx", pa.list_(pa.int16()), nullable=False),
+        pa.field("counts", pa.list_(pa.float32()), nullable=False),
+        pa.field("total_counts", pa.float64(), nullable=False),
+        pa.field("n_genes", pa.int32(), nullable=False),
+        pa.field("split", pa.string(), nullable=False),
+        *[pa.field(c, pa.string()) for c in METADATA_COLUMNS],
+    ],
+    metadata={"scfm.corpus.schema": "1", "scfm.n_genes": str(N_GENES)},
+)
+
+
+@dataclass
+class CellBlock:
+    """A block of cells as read from a source: raw counts plus names and metadata.
+
+    Attributes
+    ----------
+    X
+        cells × input genes, CSR, raw counts.
+    gene_ids
+        Input gene identifiers (symbols or Ensembl ids), one per column.
+    obs_ids
+        Cell identifiers unique within the data set (barcode, Census ``observation_joinid``).
+    obs
+        Metadata, columns among :data:`METADATA_COLUMNS` (others are ignored).
+    """
+
+    X: sp.csr_matrix
+    gene_ids: np.ndarray
+    obs_ids: np.ndarray
+    obs: pd.DataFrame = field(default_factory=pd.DataFrame)
+
+
+@dataclass
+class HarmonizedBlock:
+    """The kept cells as an Arrow table in :data:`SCHEMA`, plus what happened to the others."""
+
+    table: pa.Table
+    n_in: int
+    n_kept: int
+    dropped: dict[str, int]
+    stats: CellStats
+    kept: np.ndarray  # boolean mask over the input cells
+
+
+@lru_cache(maxsize=8)
+def _mapping_cached(vocab: GeneVocab, genes: tuple[str, ...]) -> GeneMapping:
+    return vocab.map(genes)
+
+
+def gene_mapping(vocab: GeneVocab, gene_ids: Sequence[str]) -> GeneMapping:
+    """Vocabulary mapping of a gene list, cached per process (sources repeat the same var)."""
+    return _mapping_cached(vocab, tuple(str(g) for g in gene_ids))
+
+
+@dataclass(frozen=True)
+class _Plan:
+    mito: np.ndarray  # per input gene: maps to a mitochondrial vocabulary gene
+    matrix: sp.csr_matrix  # n_input × 19,264, 0/1: ``X @ matrix`` maps and sums collisions
+
+
+_PLANS: dict[int, tuple[GeneMapping, _Plan]] = {}
+
+
+def _plan(mapping: GeneMapping) -> _Plan:
+    cached = _PLANS.get(id(mapping))
+    if cached is not None and cached[0] is mapping:
+        return cached[1]
+    idx = mapping.index
+    mito = np.zeros(len(idx), dtype=bool)
+    mito[idx >= 0] = mapping.vocab.mito_mask[idx[idx >= 0]]
+    plan = _Plan(mito, mapping.matrix(dtype=np.float32))
+    if len(_PLANS) > 16:
+        _PLANS.clear()
+    _PLANS[id(mapping)] = (mapping, plan)
+    return plan
+
+
+def to_vocab_csr(X: sp.csr_matrix, mapping: GeneMapping) -> sp.csr_matrix:
+    """Map cells × input genes onto the vocabulary: CSR, sorted columns, collisions summed.
+
+    One sparse product with the cached 0/1 mapping matrix (scipy's SMMP, linear in nnz); it
+    measured 3× faster than relabelling + a CSC round trip at 2,000 nonzeros per cell.
+    """
+    plan = _plan(mapping)
+    out = sp.csr_matrix(X @ plan.matrix)
+    out.sort_indices()
+    return out
+
+
+def cell_stats(X: sp.csr_matrix, vocab_X: sp.csr_matrix, mapping: GeneMapping) -> CellStats:
+    """Totals before and after vocabulary restriction, expressed genes, mitochondrial counts."""
+    total = np.add.reduceat(X.data.astype(np.float64), X.indptr[:-1]) if X.nnz else None
+    row_nnz = np.diff(X.indptr)
+    if total is None:
+        total = np.zeros(X.shape[0])
+    else:
+        total = np.where(row_nnz > 0, total, 0.0)  # reduceat repeats a value for empty rows
+    mito = X @ _plan(mapping).mito.astype(np.float64) if X.nnz else np.zeros(X.shape[0])
+    return CellStats(
+        total_counts=total,
+        n_genes_input=row_nnz.astype(np.int64),
+        n_genes_vocab=np.diff(vocab_X.indptr).astype(np.int64),
+        mito_counts=np.asarray(mito, dtype=np.float64),
+    )
+
+
+def split_of(cell_ids: Sequence[str], val_fraction: float) -> np.ndarray:
+    """Deterministic ``train``/``val`` from a hash of each cell id (stable across runs/machines)."""
+    threshold = int(val_fraction * 2**64)
+    h = np.fromiter(
+        (
+            int.from_bytes(hashlib.blake2b(f"{SPLIT_SALT}:{c}".encode(), digest_size=8).digest())
+            < threshold
+            for c in cell_ids
+        ),
+        dtype=bool,
+        count=len(cell_ids),
+    )
+    return np.where(h, "val", "train")
+
+
+def harmonize_block(
+    block: CellBlock,
+    mapping: GeneMapping,
+    *,
+    source: str,
+    dataset_id: str,
+    qc: QCConfig,
+    val_fraction: float = 0.02,
+) -> HarmonizedBlock:
+    """Map, QC and pack one block of cells into an Arrow table (:data:`SCHEMA`).
+
+    Counts must already be validated as raw counts (:func:`scfm.corpus.validate.check_counts`).
+    Explicit zeros are removed; the kept cells' nonzero vocabulary genes are stored sorted.
+    """
+    X = block.X
+    if not isinstance(X, sp.csr_matrix):
+        X = sp.csr_matrix(X)
+    X.eliminate_zeros()
+    vocab_X = to_vocab_csr(X, mapping)
+    stats = cell_stats(X, vocab_X, mapping)
+    reason = drop_reasons(stats, qc)
+    kept = reason < 0
+    sub = vocab_X[kept] if not kept.all() else vocab_X
+    n_kept = int(kept.sum())
+    obs_ids = np.asarray(block.obs_ids, dtype=str)[kept]
+    prefix = f"{source}:{dataset_id}:"
+    cell_ids = [prefix + o for o in obs_ids]
+    offsets = pa.array(sub.indptr.astype(np.int32))
+    columns: dict[str, pa.Array] = {
+        "cell_id": pa.array(cell_ids, pa.string()),
+        "source": pa.array([source] * n_kept, pa.string()),
+        "dataset_id": pa.array([dataset_id] * n_kept, pa.string()),
+        "obs_id": pa.array(obs_ids, pa.string()),
+        "gene_idx": pa.ListArray.from_arrays(offsets, pa.array(sub.indices.astype(np.int16))),
+        "counts": pa.ListArray.from_arrays(offsets, pa.array(sub.data.astype(np.float32))),
+        "total_counts": pa.array(stats.total_counts[kept], pa.float64()),
+        "n_genes": pa.array(stats.n_genes_vocab[kept].astype(np.int32)),
+        "split": pa.array(split_of(cell_ids, val_fraction), pa.string()),
+    }
+    for col in METADATA_COLUMNS:
+        if col in block.obs.columns:
+            values = block.obs[col].to_numpy()[kept]
+            columns[col] = pa.array(
+                [None if pd.isna(v) or v == "" else str(v) for v in values], pa.string()
+            )
+        else:
+            columns[col] = pa.nulls(n_kept, pa.string())
+    table = pa.Table.from_pydict(columns, schema=SCHEMA)
+    return HarmonizedBlock(
+        table=table,
+        n_in=X.shape[0],
+        n_kept=n_kept,
+        dropped=count_reasons(reason),
+        stats=stats,
+        kept=kept,
+    )

@@ -1,0 +1,114 @@
+"""Corpus build reporting: QC histograms and the MLflow run of a build or refresh."""
+
+from __future__ import annotations
+
+import logging
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+if TYPE_CHECKING:
+    from scfm.corpus.build import BuildConfig, BuildResult
+
+logger = logging.getLogger(__name__)
+
+
+def qc_figure(histograms: dict, edges: dict):
+    """Two panels: counts per cell and expressed genes per cell (log10), all vs kept cells."""
+    import matplotlib
+
+    matplotlib.use("Agg", force=False)
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(10, 3.6))
+    titles = {"total_counts": "counts per cell", "n_genes": "expressed genes per cell"}
+    for ax, metric in zip(axes, ("total_counts", "n_genes"), strict=True):
+        e = np.asarray(edges[metric])
+        for part, color in (("all", "0.7"), ("kept", "C0")):
+            counts = np.asarray(histograms.get(metric, {}).get(part, np.zeros(len(e) - 1)))
+            ax.stairs(
+                counts, e, fill=part == "all", color=color, label=f"{part} ({counts.sum():,})"
+            )
+        ax.set_xlabel(f"log10({titles[metric].split(' per')[0]} + 1)")
+        ax.set_ylabel("cells")
+        ax.set_title(titles[metric])
+        ax.legend(frameon=False, fontsize=8)
+    fig.tight_layout()
+    return fig
+
+
+def metrics_of(manifest: dict, result: BuildResult | None = None) -> dict[str, float]:
+    """Flat MLflow metrics of a manifest: cells in/kept/dropped by reason, genes mapped, size."""
+    t = manifest["totals"]
+    m: dict[str, float] = {
+        "cells_in": t["n_cells_in"],
+        "cells_kept": t["n_cells_kept"],
+        "cells_dropped": t["n_cells_in"] - t["n_cells_kept"],
+        "cells_train": t["n_cells_train"],
+        "cells_val": t["n_cells_val"],
+        "datasets": t["n_datasets"],
+        "datasets_quarantined": t["n_quarantined"],
+        "shards": t["n_shards"],
+        "bytes": t["bytes"],
+        "bytes_per_cell": t["bytes"] / t["n_cells_kept"] if t["n_cells_kept"] else 0.0,
+        "nnz_per_cell": t["nnz_kept"] / t["n_cells_kept"] if t["n_cells_kept"] else 0.0,
+    }
+    for reason, n in t["dropped"].items():
+        m[f"dropped_{reason}"] = n
+    genes_in = sum(d["genes"]["n_input"] for d in manifest["datasets"])
+    genes_mapped = sum(d["genes"]["n_mapped"] for d in manifest["datasets"])
+    m["genes_mapped_fraction"] = genes_mapped / genes_in if genes_in else 0.0
+    m["genes_mapped_min_fraction"] = min(
+        (d["genes"]["fraction_mapped"] for d in manifest["datasets"]), default=0.0
+    )
+    for k in ("added", "changed", "removed", "unchanged"):
+        m[f"datasets_{k}"] = len(manifest["changes"][k])
+    if result is not None:
+        m["seconds"] = result.seconds
+        m["units_processed"] = result.units_processed
+        m["units_reused"] = result.units_reused
+        m["cells_per_s"] = t["n_cells_in"] / result.seconds if result.seconds else 0.0
+        if result.unit_results:
+            m["peak_worker_rss_mb"] = max(r.get("peak_rss_mb", 0.0) for r in result.unit_results)
+    return m
+
+
+def log_build(result: BuildResult, cfg: BuildConfig) -> str:
+    """Log a build/refresh as a run of experiment ``corpus``; returns the run id."""
+    from scfm import tracking
+
+    man = result.manifest
+    name = cfg.run_name or f"{man['kind']} v{man['corpus_version']}"
+    tags = {
+        "scfm.corpus_uri": cfg.output,
+        "scfm.corpus_version": str(man["corpus_version"]),
+        "scfm.corpus_kind": man["kind"],
+    }
+    with tracking.start_run("corpus", run_name=name, tags=tags) as run:
+        tracking.log_params_flat(
+            {
+                "output": cfg.output,
+                "kind": man["kind"],
+                "corpus_version": man["corpus_version"],
+                "code_version": man["code_version"],
+                "vocab_checksum": man["vocab_checksum"][:16],
+                **{
+                    f"source.{s['name']}": {"spec": s["spec"], "release": s["release"]}
+                    for s in man["sources"]
+                },
+                **cfg.settings(),
+            }
+        )
+        tracking.log_metrics(metrics_of(man, result))
+        tracking.log_json(man, "manifest.json")
+        versions = {f"{d['source']}:{d['dataset_id']}": d["version"] for d in man["datasets"]}
+        tracking.log_json(
+            {"datasets": versions, "quarantined": man["quarantined"], "changes": man["changes"]},
+            "dataset_versions.json",
+        )
+        try:
+            fig = qc_figure(result.histograms, man["qc_hist_edges"])
+            tracking.log_figure(fig, "qc_histograms.png")
+        except Exception as exc:  # noqa: BLE001 - a plot must never fail a committed build
+            logger.warning("QC plot failed: %s", exc)
+        return run.info.run_id

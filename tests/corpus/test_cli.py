@@ -1,0 +1,42 @@
+from __future__ import annotations
+
+import json
+
+from typer.testing import CliRunner
+
+from scfm import datasets
+from scfm.corpus.cli import corpus_app
+
+
+def test_corpus_build_and_refresh_commands(tmp_path):
+    out = tmp_path / "corpus"
+    runner = CliRunner()
+    args = [
+        "-o",
+        str(out),
+        "--h5ad",
+        str(datasets.fetch("pbmc68k_counts")),
+        "--h5ad",
+        str(datasets.fetch("pbmc68k_reduced")),
+        "--executor",
+        "local",
+        "--no-mlflow",
+        "--min-genes",
+        "100",
+    ]
+    res = runner.invoke(corpus_app, ["build", *args])
+    assert res.exit_code == 0, res.output
+    assert "corpus v1 (build)" in res.output and "quarantined" in res.output
+    res = runner.invoke(corpus_app, ["build", *args, "--strict"])
+    assert res.exit_code == 1
+    # refresh without source options reuses the manifest's sources: nothing changed
+    res = runner.invoke(
+        corpus_app,
+        ["refresh", "-o", str(out), "--executor", "local", "--no-mlflow", "--min-genes", "100"],
+    )
+    assert res.exit_code == 0, res.output
+    man = json.loads((out / "manifests" / "manifest-000003.json").read_text())
+    assert man["kind"] == "refresh"
+    assert man["changes"]["unchanged"] == ["h5ad:pbmc68k_reduced_counts.h5ad"]
+    assert man["changes"]["changed"] == ["h5ad:pbmc68k_reduced.h5ad"]  # still quarantined
+    assert man["totals"]["n_cells_in"] == 700
