@@ -31,17 +31,6 @@ app.add_typer(data_app, name="data")
 # Piped output (CI logs, files) gets a wide console rather than rich's 80-column fallback.
 console = Console(width=None if sys.stdout.isatty() else 120)
 
-# The example inputs the demo maps: one of each kind of gene id and file format, plus one
-# data set whose X is scaled (not counts), to show the validation error users would get.
-DEMO_INPUTS: tuple[tuple[str, str, dict], ...] = (
-    ("kang2018", "kang2018", {}),
-    ("pbmc68k", "pbmc68k_counts", {}),
-    ("papalexi2021", "papalexi2021", {}),
-    ("10x-v3.h5", "tenx_v3_h5", {}),
-    ("10x-v3-mtx", "tenx_v3_mex", {}),
-    ("pbmc68k-scaled", "pbmc68k_reduced", {}),
-)
-
 
 def _version_callback(value: bool) -> None:
     if value:
@@ -99,31 +88,21 @@ def genes_map(
 
 @app.command()
 def demo(
-    out: Annotated[Path, typer.Option(help="Directory for the report.")] = Path("results/demo"),
+    out: Annotated[Path, typer.Option(help="Directory for all results.")] = Path("results/demo"),
+    steps: Annotated[int, typer.Option(help="Pretraining steps of the demo model.")] = 60,
+    progress: Annotated[bool, typer.Option(help="Show Ray Data progress bars.")] = True,
 ) -> None:
-    """Run the main job on the bundled example data and say where the results are."""
-    from scfm import datasets
-    from scfm.genes import GeneVocab
-    from scfm.report import mapping_table, summarize_input, write_report
+    """Run the main job on the bundled example data and say where the results are.
 
-    vocab = GeneVocab.load()
-    summaries = []
-    with console.status("mapping example data sets onto the vocabulary…"):
-        for label, resource, kwargs in DEMO_INPUTS:
-            path = (
-                datasets.fetch_dir(resource)
-                if resource in datasets.DIRECTORIES
-                else datasets.fetch(resource)
-            )
-            summaries.append(summarize_input(label, path, vocab=vocab, **kwargs))
-    console.print(mapping_table(summaries))
-    for s in summaries:
-        if not s.ok:
-            console.print(f"[red]{s.name}[/red]: {s.error}", highlight=False)
-    files = write_report(summaries, out)
-    console.print("\n[bold]Results[/bold]")
-    for kind, file in files.items():
-        console.print(f"  {kind:<9} {file.resolve()}")
+    Inputs are validated and mapped onto the vocabulary, built into a corpus by the Ray Data job
+    and used to pretrain the tiny model with Ray Train; everything is tracked in MLflow.
+    """
+    from scfm.demo import DemoConfig, run_demo
+
+    results = run_demo(DemoConfig(out=out, pretrain_steps=steps, progress=progress), console)
+    console.rule("[bold]Results")
+    for label, where in results.items():
+        console.print(f"  {label:<18} {where}", highlight=False)
 
 
 @app.command()

@@ -5,7 +5,7 @@ import json
 from typer.testing import CliRunner
 
 from scfm import __version__, datasets
-from scfm.cli import DEMO_INPUTS, app
+from scfm.cli import app
 
 runner = CliRunner()
 
@@ -36,18 +36,3 @@ def test_genes_map_fails_on_normalized_input():
     result = runner.invoke(app, ["genes", "map", str(path), "--layer", "raw"])
     assert result.exit_code == 1
     assert "looks log-normalized" in result.output
-
-
-def test_demo_writes_report(tmp_path):
-    result = runner.invoke(app, ["demo", "--out", str(tmp_path)])
-    assert result.exit_code == 0, result.output
-    report = json.loads((tmp_path / "report.json").read_text())
-    assert [r["name"] for r in report] == [name for name, _, _ in DEMO_INPUTS]
-    status = {r["name"]: r["ok"] for r in report}
-    assert status.pop("pbmc68k-scaled") is False
-    assert all(status.values())
-    kang = next(r for r in report if r["name"] == "kang2018")
-    assert kang["validation"]["n_cells"] == 1975 and kang["mapping"]["n_direct"] == 5805
-    assert (tmp_path / "gene_mapping.png").stat().st_size > 5000
-    assert "| kang2018 | 1,975 | 6,998 | 5,805 |" in (tmp_path / "report.md").read_text()
-    assert str(tmp_path) in result.output.replace("\n", "")

@@ -85,7 +85,7 @@ def _run(refresh: bool, sources, output: str, **kw) -> None:
     )
     cfg = BuildConfig(output=output, sources=sources, qc=qc, refresh=refresh, **kw)
     result = build_corpus(cfg)
-    _print_summary(result.manifest, summary_rows(result.manifest))
+    print_summary(result.manifest, summary_rows(result.manifest))
     console.print(
         f"manifest: {result.manifest_path}  ({result.seconds:.1f} s"
         + (f", MLflow run {result.mlflow_run_id}" if result.mlflow_run_id else "")
@@ -108,7 +108,9 @@ def _sources_from_last_manifest(output: str):
     return [source_from_config(s["config"]) for s in man["sources"]]
 
 
-def _print_summary(manifest: dict, rows: list[dict]) -> None:
+def print_summary(manifest: dict, rows: list[dict], out: Console | None = None) -> None:
+    """The per-data-set summary table of a build (and the change counts vs the last version)."""
+    out = out or console
     t = manifest["totals"]
     table = Table(title=f"corpus v{manifest['corpus_version']} ({manifest['kind']})")
     for col, just in (
@@ -147,9 +149,9 @@ def _print_summary(manifest: dict, rows: list[dict]) -> None:
         str(t["n_shards"]),
         ", ".join(f"{k} {v:,}" for k, v in t["dropped"].items() if v),
     )
-    console.print(table)
+    out.print(table)
     ch = manifest["changes"]
-    console.print(", ".join(f"{k}: {len(v)}" for k, v in ch.items()))
+    out.print(", ".join(f"{k}: {len(v)}" for k, v in ch.items()))
 
 
 @corpus_app.command()

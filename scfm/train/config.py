@@ -17,6 +17,7 @@ The YAML mirrors the dataclasses::
 from __future__ import annotations
 
 import dataclasses
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -105,8 +106,17 @@ class PretrainConfig:
     train: TrainArgs = field(default_factory=TrainArgs)
     scale: ScaleArgs = field(default_factory=ScaleArgs)
     tracking: TrackingArgs = field(default_factory=TrackingArgs)
-    name: str = "scfm-pretrain"  # Ray Train run name: a run directory under storage_path
+    # Ray Train run name, a directory under storage_path. None: "pretrain-<model>-<time>".
+    # Re-using the name of an existing run continues that run from its last checkpoint.
+    name: str | None = None
     storage_path: str = "results/ray"  # local path or cloud URI for checkpoints
+
+    def with_run_name(self) -> PretrainConfig:
+        """This config with ``name`` filled in (a fresh, time-stamped run unless one is set)."""
+        if self.name:
+            return self
+        stamp = time.strftime("%Y%m%d-%H%M%S")
+        return dataclasses.replace(self, name=f"pretrain-{self.model}-{stamp}")
 
     def model_config(self) -> ModelConfig:
         return ModelConfig.from_name(self.model, **self.model_overrides)

@@ -97,6 +97,19 @@ def build_trainer(
     )
 
 
+def check_cpu_budget(cfg: PretrainConfig, cluster_cpus: float) -> None:
+    """Refuse worker CPU requests that leave no CPU for Ray Data (training would wait forever)."""
+    need = cfg.scale.num_workers * cfg.scale.cpus_per_worker
+    if cluster_cpus and need > cluster_cpus - 1:
+        fits = (cluster_cpus - 1) / cfg.scale.num_workers
+        raise ValueError(
+            f"{cfg.scale.num_workers} workers × {cfg.scale.cpus_per_worker:g} CPUs = {need:g} of "
+            f"the cluster's {cluster_cpus:g} CPUs leaves no CPU for Ray Data to read the corpus, "
+            f"so training would never get a batch; set scale.cpus_per_worker={fits:.2g} "
+            "(fractions are fine) or use fewer workers"
+        )
+
+
 def _storage(path: str) -> str:
     return path if "://" in path else str(Path(path).resolve())
 
@@ -107,6 +120,7 @@ def run_pretraining(
     resume: str | None = None,
     max_failures: int = 1,
     fail_once_at_step: int | None = None,
+    tags: dict[str, str] | None = None,
 ) -> PretrainResult:
     """Pretrain on ``cfg.data.corpus``; log everything to MLflow; register the final model.
 
@@ -119,6 +133,8 @@ def run_pretraining(
         Worker failures Ray Train recovers from by restarting at the last checkpoint.
     fail_once_at_step
         Fault injection for recovery drills: one worker raises once at this step.
+    tags
+        Extra MLflow run tags (e.g. ``mlflow.parentRunId`` to nest the run under a sweep).
     """
     import mlflow
     import ray
@@ -127,10 +143,12 @@ def run_pretraining(
     from scfm.tracking import flatten, start_run, tracking_uri
     from scfm.train.data import corpus_splits
 
+    cfg = cfg.with_run_name()
     if not cfg.data.corpus:
         raise ValueError("no corpus: set data.corpus (a directory built by `scfm corpus build`)")
     if not ray.is_initialized():
         ray.init(address=os.environ.get("RAY_ADDRESS"), log_to_driver=False)
+    check_cpu_budget(cfg, ray.cluster_resources().get("CPU", 0))
     resume_from = None
     if resume:
         p = Path(resume)
@@ -141,16 +159,17 @@ def run_pretraining(
     model_cfg = cfg.model_config()
     corpus = open_corpus(cfg.data.corpus)
     info = corpus_info(corpus)
-    tags = {
+    run_tags = {
         "scfm.resumed_from": resume_from or "",
         "scfm.corpus_version": info["corpus.version"],
         "scfm.corpus_uri": info["corpus.uri"],
+        **(tags or {}),
     }
     with start_run(
         "pretrain",
         experiment=cfg.tracking.experiment,
         run_name=cfg.tracking.run_name or cfg.name,
-        tags=tags,
+        tags=run_tags,
     ) as run:
         mlflow.log_params(flatten({"cfg": cfg.to_dict()}) | info)
         mlflow.log_params({f"model.{k}": v for k, v in model_cfg.to_dict().items()})

@@ -30,6 +30,7 @@ from scfm.train.loop import (
     validation_sums,
 )
 from scfm.train.optim import build_optimizer, build_scheduler
+from scfm.train.throughput import ThroughputMeter
 
 logger = logging.getLogger(__name__)
 
@@ -152,9 +153,11 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         tracker.log({"restored_step": step}, step)
     else:
         tracker.log(validate(), 0)  # the untrained model: the baseline validation must beat
-    cells_seen, tokens_seen, t0 = 0, 0, time.perf_counter()
+    meter = ThroughputMeter(model_cfg, device)
     while step < cfg.train.max_steps:
+        t_data = time.perf_counter()
         mbs = micro_batches(it, cfg.data.rda, rng, accum)
+        meter.add_data_time(time.perf_counter() - t_data)
         if mbs is None:
             epoch, position = epoch + 1, 0
             it = start_epoch(epoch, 0)
@@ -170,22 +173,14 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
             grad_clip=cfg.train.grad_clip,
         )
         step += 1
-        cells_seen += res.cells
-        tokens_seen += res.tokens
+        meter.add_step(res)
         if fail_at and step == fail_at and ckpt is None and rank == world - 1:
             raise RuntimeError(f"injected failure at step {step} (fail_once_at_step)")
 
         metrics: dict[str, float] = {"step": step, "epoch": epoch, "loss": res.loss}
         is_last = step == cfg.train.max_steps
         if step % cfg.train.log_every == 0 or is_last:
-            elapsed = time.perf_counter() - t0
-            metrics |= {
-                "lr": res.lr,
-                "grad_norm": res.grad_norm,
-                "cells_per_s": world * cells_seen / elapsed,
-                "tokens_per_s": world * tokens_seen / elapsed,
-            }
-            cells_seen, tokens_seen, t0 = 0, 0, time.perf_counter()
+            metrics |= {"lr": res.lr, "grad_norm": res.grad_norm} | meter.flush(world)
         if step % cfg.train.val_every == 0 or is_last:
             metrics |= validate()
         tracker.log(metrics, step)
