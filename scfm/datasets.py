@@ -202,6 +202,18 @@ _RESOURCES: tuple[Resource, ...] = (
         "G1/S and G2/M marker gene sets (GMT)",
     ),
     Resource(
+        "mito_genesets",
+        "genesets/mitochondrial_genes_human.gmt",
+        "8a4b4dcb285cb78ca057c889d18e98d042d5badb65e4930f5e6e4b5dc8b03e9d",
+        "mitochondrial gene sets: chrM protein-coding, mito-ribosomal, chrM non-coding (GMT)",
+    ),
+    Resource(
+        "ribo_genesets",
+        "genesets/ribosomal_genes_human.gmt",
+        "671cfd85037ec0fd9c463344fe6cf93ac1aa1a2f55f1dbdad9d4ab65aece3c8b",
+        "ribosomal protein gene sets (GMT)",
+    ),
+    Resource(
         "official_state_dict",
         "scfoundation/official_state_dict.tsv",
         "73a28fab417b36fb2ef772f4ba800b8488231d2b75d546b949f8963b61b4006e",

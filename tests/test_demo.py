@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 import mlflow
+import pandas as pd
 import pytest
 from typer.testing import CliRunner
 
@@ -52,6 +53,13 @@ def test_demo_runs_the_pipeline_and_says_where_results_are(ray_local, mlflow_uri
     assert run.info.status == "FINISHED"
     assert run.data.tags["scfm.corpus_version"] == str(corpus.version)
     assert [m.step for m in client.get_metric_history(run.info.run_id, "loss")][-1] == 4
+
+    # 4. evaluation: the demo model, its random-init control and the baselines on one split
+    table = pd.read_csv(tmp_path / "annotation" / "comparison.csv")
+    assert {"scfm", "control", "baseline"} <= set(table["kind"])
+    assert len(table[table["kind"] == "baseline"]) == 3
+    assert table["macro_f1"].between(0, 1).all() and table["accuracy"].between(0, 1).all()
+    assert (tmp_path / "annotation" / "comparison.md").is_file()
 
     out = result.output.replace("\n", "")
     assert str(tmp_path) in out and "models:/scfm-demo/1" in out and "mlflow ui" in out

@@ -28,7 +28,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from scfm.model.config import N_GENES, ModelConfig
+from scfm.model.config import N_GENES, N_POS, ModelConfig
 from scfm.model.xtrimogene import XTrimoGene
 
 log = logging.getLogger(__name__)
@@ -286,6 +286,187 @@ def export_official_state_dict(model: XTrimoGene) -> dict[str, Tensor]:
     return out
 
 
+OFFICIAL_VARIANTS = ("cell", "rde", "gene")
+
+
+class OfficialCheckpointError(CheckpointError):
+    """An official scFoundation file whose layout, config or weights scfm cannot map."""
+
+
+def flatten_official_config(config: Mapping[str, Any]) -> dict[str, Any]:
+    """The flat hyper-parameter dict the official ``convertconfig`` builds from a variant's config.
+
+    ``config["model_config"][config["model"]]`` first, then ``config["dataset_config"]["rnaseq"]``
+    (dataset values overwrite model values of the same key), plus ``model_type``.
+    """
+    model_type = config.get("model")
+    model_cfg = dict((config.get("model_config") or {}).get(model_type) or {})
+    data_cfg = dict((config.get("dataset_config") or {}).get("rnaseq") or {})
+    flat = {**model_cfg}
+    flat.update(data_cfg)
+    flat["model_type"] = model_type
+    return flat
+
+
+def official_model_config(config: Mapping[str, Any], name: str = "100m") -> ModelConfig:
+    """A :class:`ModelConfig` from the config stored with an official variant.
+
+    Sizes not stored in the file are the official code defaults: encoder FFN 4 × width (ReLU,
+    post-norm), decoder FFN 4 × width, FAVOR+ features ⌊d_head · ln d_head⌋, encoder dropout 0.1.
+
+    Raises
+    ------
+    OfficialCheckpointError
+        Another model type or module type, or a sequence length other than 19,266 (another
+        gene vocabulary): the weights would not mean what scfm assumes.
+    """
+    flat = flatten_official_config(config)
+    if flat["model_type"] != "mae_autobin":
+        raise OfficialCheckpointError(
+            f"official model type {flat['model_type']!r} is not supported: scfm imports the "
+            "'mae_autobin' (xTrimoGene) checkpoints of scFoundation only"
+        )
+    seq_len = flat.get("seq_len", N_POS)
+    if seq_len != N_POS:
+        raise OfficialCheckpointError(
+            f"official config has seq_len {seq_len}, scfm's layout is {N_POS} (19,264 genes + T + "
+            "S): this checkpoint uses another gene vocabulary and cannot be imported"
+        )
+    enc, dec = flat.get("encoder") or {}, flat.get("decoder") or {}
+    for part, want in ((enc, "transformer"), (dec, "performer")):
+        got = part.get("module_type", want)
+        if got != want:
+            raise OfficialCheckpointError(
+                f"official module_type {got!r} where scfm expects {want!r}; only the released "
+                "transformer-encoder / performer-decoder layout is supported"
+            )
+    try:
+        fields = dict(
+            n_bins=int(flat.get("bin_num", 100)),
+            bin_alpha=float(flat.get("bin_alpha", 1.0)),
+            enc_dim=int(enc["hidden_dim"]),
+            enc_depth=int(enc["depth"]),
+            enc_heads=int(enc["heads"]),
+            dec_dim=int(dec["hidden_dim"]),
+            dec_depth=int(dec["depth"]),
+            dec_heads=int(dec["heads"]),
+            dec_dim_head=int(dec["dim_head"]),
+        )
+    except KeyError as exc:
+        raise OfficialCheckpointError(
+            f"official config lacks encoder/decoder field {exc}; found encoder {sorted(enc)}, "
+            f"decoder {sorted(dec)}"
+        ) from None
+    fields["enc_ffn_dim"] = 4 * fields["enc_dim"]
+    fields["dec_ffn_dim"] = 4 * fields["dec_dim"]
+    preset = ModelConfig.from_name("100m")
+    cfg = ModelConfig(name=name, dropout=preset.dropout, **fields)
+    return cfg
+
+
+def _official_name(scfm_key: str) -> str:
+    return scfm_key_to_official(scfm_key)
+
+
+def check_official_state(model: XTrimoGene, state: Mapping[str, Tensor], source: str) -> None:
+    """Raise :class:`OfficialCheckpointError` unless ``state`` (official names) fits ``model``.
+
+    The message names keys in the official spelling: every official key must map onto an scfm
+    key of the same shape, and every scfm weight must be present.
+    """
+    expected = model.state_dict()
+    renamed: dict[str, str] = {}  # scfm key -> official key
+    unexpected: list[str] = []
+    for key in state:
+        stripped = key.removeprefix("model.")
+        if stripped in OFFICIAL_DROPPED_KEYS:
+            continue
+        ours = official_key_to_scfm(stripped)
+        if ours in expected:
+            renamed[ours] = stripped
+        else:
+            unexpected.append(stripped)
+    missing = [_official_name(k) for k in expected if k not in renamed]
+    bad_shape = [
+        f"{official}: file {list(state_shape)} vs model {list(expected[ours].shape)}"
+        for ours, official in renamed.items()
+        if (state_shape := _shape(state, official)) != tuple(expected[ours].shape)
+    ]
+    if missing or unexpected or bad_shape:
+        parts = []
+        if missing:
+            parts.append(f"missing from the file: {_few(missing)}")
+        if unexpected:
+            parts.append(f"in the file but not in the model: {_few(unexpected)}")
+        if bad_shape:
+            parts.append(f"shape mismatches: {_few(bad_shape)}")
+        raise OfficialCheckpointError(
+            f"official weights in {source} do not fit the {model.cfg.name!r} model "
+            f"(enc {model.cfg.enc_dim}x{model.cfg.enc_depth}, dec {model.cfg.dec_dim}x"
+            f"{model.cfg.dec_depth}): "
+            + "; ".join(parts)
+            + ". See ../shared/data/scfoundation/OFFICIAL_CHECKPOINT.md for the expected layout"
+        )
+
+
+def _few(items: list[str]) -> str:
+    return ", ".join(items[:6]) + (f" … ({len(items)} in all)" if len(items) > 6 else "")
+
+
+def _shape(state: Mapping[str, Tensor], official: str) -> tuple[int, ...]:
+    value = state[official] if official in state else state["model." + official]
+    return tuple(value.shape)
+
+
+def official_model(
+    ckpt: Mapping[str, Any],
+    variant: str = "cell",
+    cfg: ModelConfig | None = None,
+    map_location: str | torch.device = "cpu",
+    source: str = "<official checkpoint>",
+) -> XTrimoGene:
+    """Build a model from an already loaded official checkpoint dict (see
+    :func:`load_official_checkpoint`)."""
+    if not isinstance(ckpt, Mapping):
+        raise OfficialCheckpointError(f"{source} holds a {type(ckpt).__name__}, not a dict")
+    if variant not in OFFICIAL_VARIANTS:
+        raise OfficialCheckpointError(
+            f"variant must be one of {OFFICIAL_VARIANTS} ('cell' for cell embeddings, 'gene' for "
+            f"gene embeddings / expression, 'rde' for read-depth enhancement), got {variant!r}"
+        )
+    if variant in ckpt:
+        entry = ckpt[variant]
+    elif "state_dict" in ckpt and not any(v in ckpt for v in OFFICIAL_VARIANTS):
+        entry = ckpt  # a single-variant Lightning file (e.g. saved by the official fine-tuning)
+        log.info("%s has no gene/cell/rde entries; reading its top-level state_dict", source)
+    else:
+        raise OfficialCheckpointError(
+            f"{source} has no {variant!r} entry (found {sorted(map(str, ckpt))}); the official "
+            f"models.ckpt holds {list(OFFICIAL_VARIANTS)}"
+        )
+    if not isinstance(entry, Mapping) or "state_dict" not in entry:
+        keys = sorted(map(str, entry)) if isinstance(entry, Mapping) else type(entry).__name__
+        raise OfficialCheckpointError(f"{source}[{variant!r}] has no 'state_dict' (found {keys})")
+    state = entry["state_dict"]
+    if cfg is None:
+        config = entry.get("config")
+        if isinstance(config, Mapping) and config.get("model_config"):
+            cfg = official_model_config(config)
+        else:
+            log.warning("%s[%r] carries no model config; assuming the 100m layout", source, variant)
+            cfg = ModelConfig.from_name("100m")
+    # build on the meta device and adopt the file's tensors: no 119M-parameter random init
+    with torch.device("meta"):
+        model = XTrimoGene(cfg)
+    check_official_state(model, state, source)
+    expected = model.state_dict()
+    converted = {
+        k: v.to(dtype=expected[k].dtype) for k, v in convert_official_state_dict(state).items()
+    }
+    model.load_state_dict(converted, assign=True)
+    return model.to(map_location).eval()
+
+
 def load_official_checkpoint(
     path: str | Path,
     variant: str = "cell",
@@ -294,14 +475,45 @@ def load_official_checkpoint(
 ) -> XTrimoGene:
     """Build a model from the official ``models.ckpt`` (``gene`` / ``cell`` / ``rde`` entries).
 
-    Untested against the real file (not available here): the layout follows
-    ``../shared/data/scfoundation/OFFICIAL_CHECKPOINT.md``. Every key and shape is checked, so
-    a surprise fails loudly instead of loading garbage. The gene order is the official
-    ``OS_scRNA_gene_index.19264.tsv``, which is the scfm vocabulary.
+    The layout follows ``../shared/data/scfoundation/OFFICIAL_CHECKPOINT.md``: each variant holds a
+    ``config`` (flattened as the official ``convertconfig`` does, then mapped to a
+    :class:`ModelConfig`) and a ``state_dict`` whose keys carry the Lightning ``model.`` prefix.
+    Every key and shape is checked, so a surprise fails loudly instead of loading garbage; fp32,
+    bf16 and fp16 weights are cast to fp32. Untested against the real file (not available here).
+    The gene order is the official ``OS_scRNA_gene_index.19264.tsv``, which is the scfm vocabulary.
+
+    Parameters
+    ----------
+    variant
+        ``cell`` (cell embeddings), ``rde`` (read-depth enhancement) or ``gene`` (gene embeddings).
+    cfg
+        Sizes to build; default: from the file's config (or the ``100m`` preset if it has none).
     """
-    ckpt = torch.load(path, map_location=map_location, weights_only=True)
-    if variant not in ckpt:
-        raise CheckpointError(f"{path} has no {variant!r} entry (found {sorted(ckpt)})")
-    model = XTrimoGene(cfg or ModelConfig.from_name("100m"))
-    _load_state(model, convert_official_state_dict(ckpt[variant]["state_dict"]), str(path))
-    return model.to(map_location).eval()
+    ckpt = load_weights_only(Path(path))
+    return official_model(ckpt, variant, cfg, map_location, source=str(path))
+
+
+def load_weights_only(path: Path) -> Any:
+    """``torch.load(weights_only=True)`` to CPU, memory-mapped where the file format allows it.
+
+    Raises :class:`OfficialCheckpointError` (with a re-save recipe) when the file holds pickled
+    objects besides tensors and plain containers.
+    """
+    import pickle
+
+    try:
+        try:
+            return torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+        except RuntimeError as exc:  # legacy (non-zip) files cannot be memory-mapped
+            if "mmap" not in str(exc):
+                raise
+            return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as exc:
+        raise OfficialCheckpointError(
+            f"{path} holds pickled Python objects besides tensors and plain containers; scfm "
+            "only reads checkpoints with torch.load(weights_only=True), so no code in the file "
+            "runs. If you trust the file, re-save just the weights once: "
+            "ck = torch.load(path, weights_only=False); torch.save({v: {'config': ck[v]['config'], "
+            "'state_dict': ck[v]['state_dict']} for v in ('gene', 'cell', 'rde')}, 'clean.ckpt')"
+            f" ({str(exc).splitlines()[0]})"
+        ) from exc

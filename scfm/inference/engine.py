@@ -1,0 +1,200 @@
+"""The model side of inference: packed loader batches in, numpy arrays out.
+
+:class:`InferenceEngine` holds a model on a device and runs it under ``torch.inference_mode`` (and
+bf16 autocast on CUDA). It is what :func:`scfm.inference.embed`, the Ray Data actors and the
+benchmark share. Cell embeddings run the encoder only; the decoder (19,266 positions per cell)
+runs only for gene embeddings and expression prediction.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Mapping, Sequence
+from typing import Any, Literal
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from scfm.inference.runtime import (
+    Precision,
+    evaluating,
+    inference_context,
+    resolve_device,
+    resolve_precision,
+)
+from scfm.model.config import N_GENES, S_POS, T_POS
+from scfm.model.rda import CellBatch, depth_token, prepare_inference
+from scfm.model.xtrimogene import XTrimoGene
+
+PoolPart = Literal["S", "T", "max", "mean"]
+POOL_PARTS: tuple[PoolPart, ...] = ("S", "T", "max", "mean")
+TargetDepth = float | str | np.ndarray | None
+
+CPU_MAX_TOKENS = 4096
+GPU_MAX_TOKENS = 65536
+
+_DEPTH_RE = re.compile(r"^([tfa])(\d+(?:\.\d*)?|\.\d+)$")
+
+
+def check_pool(pool: Sequence[str] | str) -> tuple[PoolPart, ...]:
+    """Validate the pooled parts (order kept); a single string is one part."""
+    parts = (pool,) if isinstance(pool, str) else tuple(pool)
+    bad = [p for p in parts if p not in POOL_PARTS]
+    if not parts or bad or len(set(parts)) != len(parts):
+        raise ValueError(
+            f"pool must be a non-empty selection of {POOL_PARTS} without repeats, got {pool!r}"
+        )
+    return parts  # type: ignore[return-value]
+
+
+def target_T(spec: TargetDepth, total_counts: np.ndarray) -> np.ndarray:
+    """The T token (log10 target depth) per cell from a depth spec.
+
+    ``None`` → T = S (the cell's own depth, the official ``f1``); a number → that log10 depth for
+    every cell; a ``(B,)`` array → one log10 depth per cell; or the official ``--tgthighres``
+    strings: ``"t4"`` → T = 4, ``"f10"`` → T = log10(total · 10), ``"a1"`` → T = S + 1.
+    """
+    S = depth_token(np.asarray(total_counts, dtype=np.float64))
+    if spec is None:
+        return S.astype(np.float32)
+    if isinstance(spec, np.ndarray):
+        if spec.shape != S.shape or not np.isfinite(spec).all():
+            raise ValueError(f"per-cell target depths must be finite with shape {S.shape}")
+        return spec.astype(np.float32)
+    if isinstance(spec, int | float) and not isinstance(spec, bool):
+        if not math.isfinite(spec):
+            raise ValueError(f"target depth must be finite, got {spec}")
+        return np.full(S.shape, spec, dtype=np.float32)
+    m = _DEPTH_RE.match(str(spec).strip().lower())
+    if not m:
+        raise ValueError(
+            f"target depth {spec!r} not understood: use None (T = S), a log10 depth such as 4.0, "
+            "or the official forms 't4' (T = 4), 'f10' (10 × the cell's total), 'a1' (S + 1)"
+        )
+    kind, x = m.group(1), float(m.group(2))
+    if kind == "t":
+        return np.full(S.shape, x, dtype=np.float32)
+    if kind == "a":
+        return (S + x).astype(np.float32)
+    if x <= 0:
+        raise ValueError(f"target depth {spec!r}: the factor after 'f' must be > 0")
+    return (S + math.log10(x)).astype(np.float32)
+
+
+def pool_states(
+    h: Tensor, gene_ids: Tensor, padding_mask: Tensor, parts: Sequence[PoolPart] = POOL_PARTS
+) -> Tensor:
+    """Cell vectors ``(B, len(parts) · E)`` from encoder states ``(B, L, E)``.
+
+    ``S`` / ``T``: the state of that depth token; ``max`` / ``mean``: over the gene tokens only
+    (T, S and padding excluded), as the official ``pool_type="all"``. A cell without expressed
+    genes gets zero pools.
+    """
+    valid = ~padding_mask
+    is_gene = (valid & (gene_ids < N_GENES)).unsqueeze(-1)  # (B, L, 1)
+    out = []
+    for part in parts:
+        if part in ("S", "T"):
+            pos = S_POS if part == "S" else T_POS
+            sel = (valid & (gene_ids == pos)).unsqueeze(-1)
+            out.append(h.masked_fill(~sel, 0.0).sum(dim=1))  # (B, E)
+        elif part == "max":
+            mx = h.masked_fill(~is_gene, float("-inf")).amax(dim=1)
+            out.append(torch.where(is_gene.any(dim=1), mx, torch.zeros_like(mx)))
+        else:
+            n = is_gene.sum(dim=1).clamp(min=1)
+            out.append(h.masked_fill(~is_gene, 0.0).sum(dim=1) / n)
+    return torch.cat(out, dim=-1)
+
+
+class InferenceEngine:
+    """A model on a device, ready to embed packed cells.
+
+    Parameters
+    ----------
+    model
+        An :class:`XTrimoGene`, moved to ``device``; each call runs it in eval mode and then
+        restores its train/eval mode.
+    device
+        ``"auto"`` (CUDA if available), ``"cpu"``, ``"cuda:0"``, …
+    precision
+        ``auto`` (bf16 autocast on CUDA, fp32 on CPU), ``fp32`` or ``bf16``.
+    """
+
+    def __init__(
+        self, model: XTrimoGene, device: str | torch.device = "auto", precision: Precision = "auto"
+    ) -> None:
+        self.device = resolve_device(device)
+        self.dtype = resolve_precision(precision, self.device)
+        self.model = model.to(self.device)
+
+    @property
+    def default_max_tokens(self) -> int:
+        """Padded encoder tokens per batch when the caller sets none.
+
+        On CPU a forward pass is compute-bound already for one cell, and big padded batches
+        got slower (benchmarks/inference_speed.py: 10m on Kang cells, 1 thread: 12.7 cells/s at
+        4,096 tokens, 5.4 at 8,192, 3.6 at 16,384), so CPU batches stay small. GPUs need big
+        batches to fill the device. Not tuned on a GPU yet.
+        """
+        return CPU_MAX_TOKENS if self.device.type == "cpu" else GPU_MAX_TOKENS
+
+    def resolve_max_tokens(self, max_tokens: int | None) -> int | None:
+        """None → :attr:`default_max_tokens`; 0 → no cap; else the value."""
+        if max_tokens is None:
+            return self.default_max_tokens
+        if max_tokens < 0:
+            raise ValueError(f"max_tokens must be >= 0 (0 = no cap), got {max_tokens}")
+        return max_tokens or None
+
+    @property
+    def precision(self) -> str:
+        return "fp32" if self.dtype is None else "bf16"
+
+    def _inputs(
+        self, batch: Mapping[str, Any], depth: TargetDepth
+    ) -> tuple[CellBatch, Tensor, Tensor, Tensor]:
+        T = target_T(depth, np.asarray(batch["total_counts"], dtype=np.float64))
+        cells = prepare_inference(batch, target_T=T)
+        cells = cells.to(self.device, non_blocking=True)
+        return cells, cells.gene_ids, cells.values, cells.padding_mask
+
+    def embed(
+        self,
+        batch: Mapping[str, Any],
+        pool: Sequence[PoolPart] = POOL_PARTS,
+        depth: TargetDepth = None,
+    ) -> np.ndarray:
+        """``(B, len(pool) · E)`` float32 cell embeddings of a loader batch (encoder only)."""
+        _, ids, vals, pad = self._inputs(batch, depth)
+        with inference_context(self.device, self.dtype), evaluating(self.model):
+            h = self.model.encode(ids, vals, pad)  # (B, L, E)
+            out = pool_states(h.float(), ids, pad, pool)
+        return out.cpu().numpy()
+
+    def predict(
+        self, batch: Mapping[str, Any], depth: TargetDepth = None, genes: np.ndarray | None = None
+    ) -> np.ndarray:
+        """``(B, G)`` float32 predicted normalized expression (log1p of counts per 10k at depth T).
+
+        ``genes`` picks vocabulary columns (default all 19,264).
+        """
+        _, ids, vals, pad = self._inputs(batch, depth)
+        with inference_context(self.device, self.dtype), evaluating(self.model):
+            pred = self.model(ids, vals, pad)  # (B, 19264); T is already in the packed input
+            if genes is not None:
+                pred = pred[:, torch.as_tensor(genes, device=pred.device, dtype=torch.long)]
+        return pred.float().cpu().numpy()
+
+    def gene_embeddings(
+        self, batch: Mapping[str, Any], genes: np.ndarray | None = None, depth: TargetDepth = None
+    ) -> np.ndarray:
+        """``(B, G, D)`` float32 context gene embeddings (decoder states before the head)."""
+        _, ids, vals, pad = self._inputs(batch, depth)
+        with inference_context(self.device, self.dtype), evaluating(self.model):
+            z = self.model.gene_embeddings(ids, vals, pad)  # (B, 19264, D)
+            if genes is not None:
+                z = z[:, torch.as_tensor(genes, device=z.device, dtype=torch.long)]
+        return z.float().cpu().numpy()

@@ -1,0 +1,315 @@
+"""Labelled AnnData for downstream tasks: counts, labels, and the train / test split.
+
+Every annotation method (scfm heads and baselines) sees the **same** :class:`Split`:
+
+* ``--split-key COL --train-value X [--test-value Y]``: train on cells where ``obs[COL] == X``,
+  test on ``obs[COL] == Y`` (default: every other value), e.g. control → stimulated, or one donor
+  → another. This is the out-of-distribution setting critics ask for.
+* otherwise a stratified random split (``test_size``); classes with a single cell stay in train.
+
+A validation subset of the training cells (stratified, ``val_size``) is held out for the methods
+that select a model (early stopping, Ray Tune); methods without model selection fit on all
+training cells. Validation cells are never test cells.
+
+Real-world label columns are messy:
+
+* **missing labels** (NaN, empty, ``"nan"``, ``"None"``, ``"NA"``) are dropped and counted;
+* **rare classes** (fewer than ``min_class_cells`` training cells) are kept in training, and their
+  test cells count towards accuracy, but they are excluded from macro-F1 and flagged ``rare`` in the
+  class table: F1 over a handful of cells is noise that would dominate a macro average;
+* **unseen classes** (test cells of a class absent from training) count towards accuracy (no
+  method can predict them) and are flagged ``unseen``; they are not in macro-F1 either.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import scipy.sparse as sp
+
+logger = logging.getLogger(__name__)
+
+MISSING_LABELS = frozenset({"", "nan", "none", "na", "n/a", "null"})
+
+
+class LabelError(ValueError):
+    """The label or split column cannot be used; the message names the fix."""
+
+
+@dataclass(frozen=True)
+class SplitConfig:
+    """How cells are divided into train / validation / test."""
+
+    split_key: str | None = None  # obs column for an out-of-distribution split
+    train_value: str | None = None  # value of split_key for training cells
+    test_value: str | None = None  # value for test cells; None = every value but train_value
+    test_size: float = 0.3  # fraction of cells for testing in a random split
+    val_size: float = 0.15  # fraction of training cells held out for model selection
+    min_class_cells: int = 5  # classes with fewer training cells are "rare"
+    seed: int = 0
+
+
+@dataclass
+class Split:
+    """Row indices of one split; ``val`` is a subset of ``train``."""
+
+    train: np.ndarray
+    val: np.ndarray
+    test: np.ndarray
+    description: str
+    config: SplitConfig = field(default_factory=SplitConfig)
+
+    @property
+    def train_only(self) -> np.ndarray:
+        """Training cells minus the validation cells (what model-selecting methods fit on)."""
+        return np.setdiff1d(self.train, self.val, assume_unique=True)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "description": self.description,
+            "n_train": int(self.train.size),
+            "n_val": int(self.val.size),
+            "n_test": int(self.test.size),
+            "config": asdict(self.config),
+        }
+
+
+@dataclass
+class LabelledData:
+    """Counts, labels and metadata of the cells kept for a task.
+
+    Attributes
+    ----------
+    counts
+        Cells × input genes CSR raw counts (float32), in the file's gene order.
+    var_names
+        The input gene ids (symbols or Ensembl ids).
+    obs
+        Metadata of the kept cells (index = cell names).
+    labels
+        ``(n_cells,)`` string labels.
+    n_missing_labels
+        Cells dropped because their label was missing.
+    source
+        Where the data came from (path), for reports.
+    """
+
+    counts: sp.csr_matrix
+    var_names: np.ndarray
+    obs: pd.DataFrame
+    labels: np.ndarray
+    n_missing_labels: int = 0
+    source: str = ""
+
+    @property
+    def n_cells(self) -> int:
+        return self.counts.shape[0]
+
+    def to_anndata(self):
+        """An AnnData of the kept cells (counts in X), for ``scfm.inference.embed``."""
+        import anndata as ad
+
+        return ad.AnnData(
+            X=self.counts, obs=self.obs.copy(), var=pd.DataFrame(index=self.var_names)
+        )
+
+
+def is_missing(values: pd.Series) -> np.ndarray:
+    """True where a label is NaN/None or a conventional missing-value string."""
+    text = values.astype("string").str.strip().str.lower()
+    return (values.isna() | text.isna() | text.isin(MISSING_LABELS)).to_numpy(dtype=bool)
+
+
+def labelled_data(adata, label_key: str, *, source: str = "") -> LabelledData:
+    """Select the labelled cells of an AnnData (counts already in ``X``).
+
+    Raises
+    ------
+    LabelError
+        ``label_key`` is not an obs column (the message lists the columns), or no cell is
+        labelled, or only one class remains.
+    """
+    if label_key not in adata.obs.columns:
+        raise LabelError(
+            f"label column {label_key!r} is not in obs; obs columns are: "
+            f"{', '.join(map(str, adata.obs.columns)) or 'none'}"
+        )
+    missing = is_missing(adata.obs[label_key])
+    keep = np.flatnonzero(~missing)
+    if keep.size == 0:
+        raise LabelError(f"every cell's {label_key!r} label is missing: nothing to train on")
+    labels = adata.obs[label_key].astype(str).str.strip().to_numpy()[keep]
+    if np.unique(labels).size < 2:
+        raise LabelError(
+            f"{label_key!r} has a single class ({labels[0]!r}) among labelled cells: "
+            "annotation needs at least two"
+        )
+    if missing.any():
+        logger.warning("dropped %d cells with a missing %r label", int(missing.sum()), label_key)
+    X = adata.X
+    X = X[keep] if sp.issparse(X) else np.asarray(X)[keep]
+    counts = sp.csr_matrix(X, dtype=np.float32)
+    counts.sort_indices()
+    obs = adata.obs.iloc[keep].copy()
+    return LabelledData(
+        counts=counts,
+        var_names=np.asarray(adata.var_names, dtype=str),
+        obs=obs,
+        labels=labels,
+        n_missing_labels=int(missing.sum()),
+        source=source,
+    )
+
+
+def load_labelled_h5ad(
+    path: str | Path,
+    label_key: str,
+    *,
+    layer: str | None = None,
+    normalized_input: bool = False,
+    total_counts_key: str | None = None,
+):
+    """Read an h5ad, validate its counts and select the labelled cells.
+
+    Parameters
+    ----------
+    path
+        The ``.h5ad`` file (10x inputs carry no labels).
+    label_key
+        obs column with the cell labels.
+    layer
+        Layer with raw counts (``"raw"`` = ``adata.raw.X``); default ``X``.
+    normalized_input
+        Opt-in fallback for files that hold only ``log1p(counts / total · s)`` values: raw counts
+        are reconstructed with :func:`scfm.tasks.normalized.reconstruct_counts` (needs
+        ``total_counts_key``). Without it such files stop with the validation error.
+    total_counts_key
+        obs column with each cell's total count (needed by ``normalized_input``).
+
+    Returns
+    -------
+    data : LabelledData
+    validation : ValidatedInput
+        The validation report and gene mapping of the kept cells.
+    """
+    from scfm.corpus.validate import validate_anndata
+    from scfm.io import read_counts
+    from scfm.tasks.normalized import reconstruct_counts
+
+    adata = read_counts(path, layer=layer)
+    if normalized_input:
+        if not total_counts_key:
+            raise LabelError(
+                "normalized_input needs each cell's total count: pass total_counts_key "
+                "(e.g. --total-counts-key n_counts), the obs column of UMIs per cell"
+            )
+        if total_counts_key not in adata.obs.columns:
+            raise LabelError(
+                f"total counts column {total_counts_key!r} is not in obs; obs columns are: "
+                f"{', '.join(map(str, adata.obs.columns))}"
+            )
+        adata.X, info = reconstruct_counts(
+            adata.X, adata.obs[total_counts_key].to_numpy(dtype=np.float64)
+        )
+        adata.uns["scfm_counts_reconstruction"] = info.to_dict()
+        logger.warning("reconstructed counts from normalized input: %s", info)
+    data = labelled_data(adata, label_key, source=str(path))
+    validation = validate_anndata(data.to_anndata())
+    return data, validation
+
+
+# ----------------------------------------------------------------------------------- splitting
+def make_split(data: LabelledData, cfg: SplitConfig) -> Split:
+    """The train / validation / test split of ``data`` (deterministic given ``cfg.seed``)."""
+    rng = np.random.default_rng(cfg.seed)
+    n = data.n_cells
+    if cfg.split_key is not None:
+        train, test, description = _split_by_column(data.obs, cfg)
+    else:
+        if not 0 < cfg.test_size < 1:
+            raise LabelError(f"test_size must be in (0, 1), got {cfg.test_size}")
+        train, test = _stratified(np.arange(n), data.labels, cfg.test_size, rng)
+        description = f"stratified random, {cfg.test_size:.0%} test (seed {cfg.seed})"
+    if train.size == 0 or test.size == 0:
+        raise LabelError(f"empty split ({train.size} train / {test.size} test cells)")
+    if np.unique(data.labels[train]).size < 2:
+        raise LabelError("the training cells hold a single class: choose another split")
+    val = np.sort(_stratified(train, data.labels[train], cfg.val_size, rng)[1])
+    return Split(
+        train=np.sort(train), val=val, test=np.sort(test), description=description, config=cfg
+    )
+
+
+def _split_by_column(obs: pd.DataFrame, cfg: SplitConfig) -> tuple[np.ndarray, np.ndarray, str]:
+    key = cfg.split_key
+    if key not in obs.columns:
+        raise LabelError(
+            f"split column {key!r} is not in obs; obs columns are: "
+            f"{', '.join(map(str, obs.columns))}"
+        )
+    values = obs[key].astype(str).to_numpy()
+    present = sorted(set(values))
+    if cfg.train_value is None:
+        raise LabelError(
+            f"split by {key!r} needs a training value (--train-value); values are: "
+            f"{', '.join(present)}"
+        )
+    for v in (cfg.train_value, cfg.test_value):
+        if v is not None and v not in present:
+            raise LabelError(f"{key!r} has no value {v!r}; values are: {', '.join(present)}")
+    train = np.flatnonzero(values == cfg.train_value)
+    if cfg.test_value is None:
+        test = np.flatnonzero(values != cfg.train_value)
+        desc = f"{key}: train {cfg.train_value!r}, test every other value"
+    else:
+        test = np.flatnonzero(values == cfg.test_value)
+        desc = f"{key}: train {cfg.train_value!r} → test {cfg.test_value!r}"
+    return train, test, desc
+
+
+def _stratified(
+    idx: np.ndarray, labels: np.ndarray, frac: float, rng: np.random.Generator
+) -> tuple[np.ndarray, np.ndarray]:
+    """Split ``idx`` so each class puts ``round(frac · n)`` cells in the second part.
+
+    A class keeps at least one cell in the first part (a class of one stays there).
+    """
+    first, second = [], []
+    for cls in np.unique(labels):
+        members = idx[labels == cls]
+        members = members[rng.permutation(members.size)]
+        k = min(int(round(frac * members.size)), members.size - 1)
+        second.append(members[:k])
+        first.append(members[k:])
+    return np.sort(np.concatenate(first)), np.sort(np.concatenate(second))
+
+
+# --------------------------------------------------------------------------------- class table
+def class_table(
+    labels: np.ndarray, split: Split, min_class_cells: int | None = None
+) -> pd.DataFrame:
+    """Per class: cells in train / test and whether the class counts in macro-F1.
+
+    ``status`` is ``ok`` (scored), ``rare`` (fewer than ``min_class_cells`` training cells),
+    ``unseen`` (no training cells) or ``not in test``.
+    """
+    m = split.config.min_class_cells if min_class_cells is None else min_class_cells
+    classes = np.unique(labels)
+    n_train = pd.Series(labels[split.train]).value_counts()
+    n_test = pd.Series(labels[split.test]).value_counts()
+    rows = []
+    for c in classes:
+        tr, te = int(n_train.get(c, 0)), int(n_test.get(c, 0))
+        status = "unseen" if tr == 0 else "rare" if tr < m else "not in test" if te == 0 else "ok"
+        rows.append({"class": c, "n_train": tr, "n_test": te, "status": status})
+    return pd.DataFrame(rows)
+
+
+def scored_classes(table: pd.DataFrame) -> list[str]:
+    """The classes macro-F1 averages over (status ``ok``)."""
+    return table.loc[table["status"] == "ok", "class"].tolist()
