@@ -363,11 +363,12 @@ def _dataset_record(ref: DatasetRef, fp: str, results: list[dict]) -> dict:
     }
 
 
-def _quarantine(ref: DatasetRef, stage: str, error: str) -> dict:
+def _quarantine(ref: DatasetRef, stage: str, error: str, fingerprint: str) -> dict:
     return {
         "source": ref.source,
         "dataset_id": ref.dataset_id,
         "version": ref.version,
+        "fingerprint": fingerprint,
         "stage": stage,
         "error": error,
         "info": ref.info,
@@ -398,7 +399,9 @@ def build_corpus(cfg: BuildConfig) -> BuildResult:
     versions = mf.list_versions(fs, root)
     version = (versions[-1] if versions else 0) + 1
     prev_records = {(d["source"], d["dataset_id"]): d for d in (prev or {}).get("datasets", [])}
-    prev_quarantine = {(q["source"], q["dataset_id"]) for q in (prev or {}).get("quarantined", [])}
+    prev_quarantine = {
+        (q["source"], q["dataset_id"]): q for q in (prev or {}).get("quarantined", [])
+    }
     if cfg.refresh and prev is None:
         logger.info("refresh: no previous manifest under %s, building from scratch", cfg.output)
 
@@ -440,29 +443,28 @@ def build_corpus(cfg: BuildConfig) -> BuildResult:
             key = (ref.source, ref.dataset_id)
             current_keys.add(key)
             label = f"{ref.source}:{ref.dataset_id}"
-            old = prev_records.get(key)
-            if old is None and key not in prev_quarantine:
-                changes["added"].append(label)
-            elif (
+            old = prev_records.get(key) or prev_quarantine.get(key)
+            same = (
                 old is not None
                 and old["version"] == ref.version
-                and old["fingerprint"] == fps[src.name]
-            ):
-                changes["unchanged"].append(label)
+                and old.get("fingerprint") == fps[src.name]
+            )
+            if old is None:
+                changes["added"].append(label)
             else:
-                changes["changed"].append(label)
+                changes["unchanged" if same else "changed"].append(label)
+            if cfg.refresh and same and key in prev_quarantine and key not in prev_records:
+                quarantined.append(prev_quarantine[key])  # the same bad input: same verdict
+                continue
             if ref.error is not None:
-                quarantined.append(_quarantine(ref, "open", ref.error))
+                quarantined.append(_quarantine(ref, "open", ref.error, fps[src.name]))
                 continue
             if not ref.n_cells:
-                quarantined.append(_quarantine(ref, "open", "empty data set: 0 cells"))
+                quarantined.append(
+                    _quarantine(ref, "open", "empty data set: 0 cells", fps[src.name])
+                )
                 continue
-            if (
-                cfg.refresh
-                and old is not None
-                and old["version"] == ref.version
-                and old["fingerprint"] == fps[src.name]
-            ):
+            if cfg.refresh and same:
                 records.append(old)
                 continue
             units = src.plan(ref, cfg.block_cells)
@@ -477,7 +479,7 @@ def build_corpus(cfg: BuildConfig) -> BuildResult:
                         continue
                 pending.append((src, u))
     changes["removed"] = sorted(
-        f"{s}:{d}" for (s, d) in (set(prev_records) | prev_quarantine) - current_keys
+        f"{s}:{d}" for (s, d) in (set(prev_records) | set(prev_quarantine)) - current_keys
     )
 
     n_units = sum(len(u) for _, u in planned.values())
@@ -504,7 +506,7 @@ def build_corpus(cfg: BuildConfig) -> BuildResult:
         errors = [r for r in unit_res if r is None or r["status"] != "ok"]
         if errors:
             err = errors[0] or {"stage": "run", "error": "block result missing"}
-            quarantined.append(_quarantine(ref, err["stage"], err["error"]))
+            quarantined.append(_quarantine(ref, err["stage"], err["error"], fp))
             continue
         records.append(_dataset_record(ref, fp, unit_res))
     for rec in records:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import shutil
 
 import anndata as ad
@@ -229,14 +230,28 @@ def test_files_build_with_bad_inputs_quarantined(ray_local, tmp_path, bad_inputs
 
 def test_quarantine_does_not_stop_a_non_strict_build(tmp_path, bad_inputs):
     shutil.copy(datasets.fetch("pbmc68k_counts"), tmp_path / "pbmc.h5ad")
+    corrupt = tmp_path / "corrupt.h5ad"
+    shutil.copy(bad_inputs["corrupt"], corrupt)
     cfg = BuildConfig(
         output=str(tmp_path / "c"),
         executor="local",
         mlflow=False,
-        sources=[H5ADSource(paths=[str(tmp_path / "pbmc.h5ad"), str(bad_inputs["corrupt"])])],
+        sources=[H5ADSource(paths=[str(tmp_path / "pbmc.h5ad"), str(corrupt)])],
         qc=QCConfig(min_genes=None),
     )
     result = build_corpus(cfg)
     assert result.exit_code == 0
     assert result.manifest["totals"]["n_cells_kept"] == 700
     assert [q["dataset_id"] for q in result.manifest["quarantined"]] == ["corrupt.h5ad"]
+
+    # A refresh keeps an unchanged bad input quarantined without reading it again; once the
+    # file changes (here: replaced by a good one) it is processed.
+    again = build_corpus(dataclasses.replace(cfg, refresh=True))
+    assert again.units_processed == 0
+    assert again.manifest["quarantined"] == result.manifest["quarantined"]
+    assert sorted(again.manifest["changes"]["unchanged"]) == ["h5ad:corrupt.h5ad", "h5ad:pbmc.h5ad"]
+    shutil.copy(datasets.fetch("pbmc68k_counts"), corrupt)
+    fixed = build_corpus(dataclasses.replace(cfg, refresh=True))
+    assert fixed.manifest["changes"]["changed"] == ["h5ad:corrupt.h5ad"]
+    assert fixed.manifest["quarantined"] == [] and fixed.units_processed == 1
+    assert fixed.manifest["totals"]["n_cells_kept"] == 1400

@@ -37,6 +37,10 @@ def test_corpus_build_and_refresh_commands(tmp_path):
     assert res.exit_code == 0, res.output
     man = json.loads((out / "manifests" / "manifest-000003.json").read_text())
     assert man["kind"] == "refresh"
-    assert man["changes"]["unchanged"] == ["h5ad:pbmc68k_reduced_counts.h5ad"]
-    assert man["changes"]["changed"] == ["h5ad:pbmc68k_reduced.h5ad"]  # still quarantined
+    assert sorted(man["changes"]["unchanged"]) == [
+        "h5ad:pbmc68k_reduced.h5ad",  # the same bad file: still quarantined, not re-read
+        "h5ad:pbmc68k_reduced_counts.h5ad",
+    ]
+    assert man["changes"]["changed"] == []
+    assert [q["dataset_id"] for q in man["quarantined"]] == ["pbmc68k_reduced.h5ad"]
     assert man["totals"]["n_cells_in"] == 700
