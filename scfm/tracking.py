@@ -158,3 +158,22 @@ def log_text(text: str, artifact_file: str) -> None:
     import mlflow
 
     mlflow.log_text(text, artifact_file)
+
+
+def register_artifact(run: Any, artifact_path: str, name: str, description: str = "") -> str:
+    """Register a run's artifact folder as a new version of model ``name``; returns its URI.
+
+    Plain files (no pickled MLflow model flavour): loaders read them with ``weights_only=True``.
+    """
+    from mlflow import MlflowClient
+    from mlflow.exceptions import MlflowException
+
+    client = MlflowClient()
+    try:
+        client.create_registered_model(name, description=description)
+    except MlflowException:
+        pass  # already registered
+    version = client.create_model_version(
+        name, source=f"{run.info.artifact_uri}/{artifact_path}", run_id=run.info.run_id
+    )
+    return f"models:/{name}/{version.version}"

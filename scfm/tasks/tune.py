@@ -31,6 +31,7 @@ from typing import Any, Literal
 import pandas as pd
 
 from scfm.tasks.base import DataModule, Head, HeadSpec, fit_head, full_config, save_head
+from scfm.tracking import register_artifact
 
 logger = logging.getLogger(__name__)
 
@@ -225,7 +226,7 @@ def run_sweep(
         mlflow.log_artifacts(str(model_dir), "model")
         model_uri = None
         if cfg.register_as:
-            model_uri = register_artifact(parent, "model", cfg.register_as)
+            model_uri = register_artifact(parent, "model", cfg.register_as, "scfm downstream heads")
     client = mlflow.MlflowClient(tracking_uri=uri)
     children = client.search_runs(
         [parent.info.experiment_id], filter_string=f"tags.mlflow.parentRunId = '{parent_id}'"
@@ -270,19 +271,3 @@ def trials_table(grid, metric: str, mode: Literal["min", "max"]) -> pd.DataFrame
     if key in out:
         out = out.sort_values(key, ascending=mode == "min", kind="stable").reset_index(drop=True)
     return out
-
-
-def register_artifact(run, artifact_path: str, name: str) -> str:
-    """Register a run's artifact folder as a new version of ``name``; returns ``models:/…``."""
-    from mlflow import MlflowClient
-    from mlflow.exceptions import MlflowException
-
-    client = MlflowClient()
-    try:
-        client.create_registered_model(name, description="scfm downstream heads")
-    except MlflowException:
-        pass  # already registered
-    version = client.create_model_version(
-        name, source=f"{run.info.artifact_uri}/{artifact_path}", run_id=run.info.run_id
-    )
-    return f"models:/{name}/{version.version}"

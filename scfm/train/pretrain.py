@@ -140,7 +140,7 @@ def run_pretraining(
     import ray
 
     from scfm.corpus.loader import open_corpus
-    from scfm.tracking import flatten, start_run, tracking_uri
+    from scfm.tracking import flatten, register_artifact, start_run, tracking_uri
     from scfm.train.data import corpus_splits
 
     cfg = cfg.with_run_name()
@@ -193,7 +193,9 @@ def run_pretraining(
             mlflow.log_artifacts(d, "model")
         model_uri = None
         if cfg.tracking.register_as:
-            model_uri = _register(run, cfg.tracking.register_as)
+            model_uri = register_artifact(
+                run, "model", cfg.tracking.register_as, "scfm xTrimoGene checkpoints"
+            )
         metrics = dict(result.metrics or {})
         return PretrainResult(
             run_id=run.info.run_id,
@@ -202,22 +204,6 @@ def run_pretraining(
             run_dir=str(Path(_storage(cfg.storage_path)) / cfg.name),
             model_uri=model_uri,
         )
-
-
-def _register(run, name: str) -> str:
-    """Register the run's ``model`` artifact folder (no pickled model flavour: plain files)."""
-    from mlflow import MlflowClient
-    from mlflow.exceptions import MlflowException
-
-    client = MlflowClient()
-    try:
-        client.create_registered_model(name, description="scfm xTrimoGene checkpoints")
-    except MlflowException:
-        pass  # already registered
-    version = client.create_model_version(
-        name, source=f"{run.info.artifact_uri}/model", run_id=run.info.run_id
-    )
-    return f"models:/{name}/{version.version}"
 
 
 def download_model(model_uri: str, dst: str | None = None) -> Path:
