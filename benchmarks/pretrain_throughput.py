@@ -83,6 +83,7 @@ def train_rates(
     corpus: str, preset: str, workers: int, steps: int, batch: int, storage: str, gpu: bool
 ) -> dict[str, float]:
     import ray
+
     """Median worker throughput metrics of a short pretraining run (first interval dropped)."""
     import mlflow
 
@@ -147,9 +148,7 @@ def main() -> None:
 
     loader_rate, tokens_per_cell = loader_cells_per_s(corpus, args.batch)
     print(f"corpus {corpus}: {tokens_per_cell:.0f} encoder tokens per cell (after masking)")
-    print(
-        f"data pipeline alone (Ray Data → pack → collate, 1 process): {loader_rate:,.0f} cells/s"
-    )
+    print(f"data pipeline alone (Ray Data → pack → collate, 1 process): {loader_rate:,.0f} cells/s")
 
     rows = []
     for preset in args.presets:

@@ -32,7 +32,7 @@ import numpy as np
 
 from scfm import __version__
 from scfm.corpus import manifest as mf
-from scfm.corpus.harmonize import SCHEMA, gene_mapping, harmonize_block
+from scfm.corpus.harmonize import SCHEMA, gene_mapping, harmonize_block, map_block
 from scfm.corpus.qc import DROP_REASONS, QCConfig
 from scfm.corpus.shards import (
     TMP_MARK,
@@ -203,7 +203,7 @@ def process_unit(source: Source, unit: WorkUnit, fp: str, ctx: UnitContext) -> d
     Never raises for bad input: failures come back as ``status="error"`` with the stage and the
     message, and the data set is quarantined by the driver.
     """
-    from scfm.corpus.validate import check_counts, check_species
+    from scfm.corpus.validate import check_species
     from scfm.genes import GeneVocab
 
     fs, root = resolve(ctx.output)
@@ -217,8 +217,8 @@ def process_unit(source: Source, unit: WorkUnit, fp: str, ctx: UnitContext) -> d
         stage = "validate"
         mapping = gene_mapping(GeneVocab.load(), block.gene_ids)  # cached per process
         t_map = time.perf_counter()
-        check_counts(block.X)
         check_species(mapping, ctx.min_mapped_fraction)
+        mapped = map_block(block.X, mapping)  # one pass: vocabulary, QC sums, raw-count checks
         stage = "harmonize"
         hb = harmonize_block(
             block,
@@ -227,6 +227,7 @@ def process_unit(source: Source, unit: WorkUnit, fp: str, ctx: UnitContext) -> d
             dataset_id=unit.dataset_id,
             qc=ctx.qc,
             val_fraction=ctx.val_fraction,
+            mapped=mapped,
         )
         t_harm = time.perf_counter()
         stage = "write"

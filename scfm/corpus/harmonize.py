@@ -17,6 +17,7 @@ import pyarrow as pa
 import scipy.sparse as sp
 
 from scfm.corpus.qc import CellStats, QCConfig, count_reasons, drop_reasons
+from scfm.corpus.relabel import RelabelledRows, relabel_rows
 from scfm.genes import N_GENES, GeneMapping, GeneVocab
 
 logger = logging.getLogger(__name__)
@@ -101,55 +102,58 @@ def gene_mapping(vocab: GeneVocab, gene_ids: Sequence[str]) -> GeneMapping:
 
 
 @dataclass(frozen=True)
-class _Plan:
+class _Lookup:
+    labels: np.ndarray  # per input gene: vocabulary index or -1 (int32)
     mito: np.ndarray  # per input gene: maps to a mitochondrial vocabulary gene
-    matrix: sp.csr_matrix  # n_input × 19,264, 0/1: ``X @ matrix`` maps and sums collisions
 
 
-_PLANS: dict[int, tuple[GeneMapping, _Plan]] = {}
+_LOOKUPS: dict[int, tuple[GeneMapping, _Lookup]] = {}
 
 
-def _plan(mapping: GeneMapping) -> _Plan:
-    cached = _PLANS.get(id(mapping))
+def _lookup(mapping: GeneMapping) -> _Lookup:
+    cached = _LOOKUPS.get(id(mapping))
     if cached is not None and cached[0] is mapping:
         return cached[1]
-    idx = mapping.index
+    idx = np.asarray(mapping.index)
     mito = np.zeros(len(idx), dtype=bool)
     mito[idx >= 0] = mapping.vocab.mito_mask[idx[idx >= 0]]
-    plan = _Plan(mito, mapping.matrix(dtype=np.float32))
-    if len(_PLANS) > 16:
-        _PLANS.clear()
-    _PLANS[id(mapping)] = (mapping, plan)
-    return plan
+    lookup = _Lookup(idx.astype(np.int32), mito)
+    if len(_LOOKUPS) > 16:
+        _LOOKUPS.clear()
+    _LOOKUPS[id(mapping)] = (mapping, lookup)
+    return lookup
 
 
-def to_vocab_csr(X: sp.csr_matrix, mapping: GeneMapping) -> sp.csr_matrix:
-    """Map cells × input genes onto the vocabulary: CSR, sorted columns, collisions summed.
+def map_block(X: sp.csr_matrix, mapping: GeneMapping) -> tuple[RelabelledRows, CellStats]:
+    """Cells × input genes onto the vocabulary (sorted, collisions summed) and the QC numbers.
 
-    One sparse product with the cached 0/1 mapping matrix (scipy's SMMP, linear in nnz); it
-    measured 3× faster than relabelling + a CSC round trip at 2,000 nonzeros per cell.
+    One compiled pass over the nonzeros (:func:`scfm.corpus.relabel.relabel_rows`) that also
+    checks the values are raw counts.
+
+    Raises
+    ------
+    InputValidationError
+        Empty or non-numeric matrix; negative, fractional, NaN or infinite values (the message
+        of :func:`scfm.corpus.validate.check_counts`, which names the likely cause and the fix).
     """
-    plan = _plan(mapping)
-    out = sp.csr_matrix(X @ plan.matrix)
-    out.sort_indices()
-    return out
+    from scfm.corpus.validate import InputValidationError, check_counts
 
-
-def cell_stats(X: sp.csr_matrix, vocab_X: sp.csr_matrix, mapping: GeneMapping) -> CellStats:
-    """Totals before and after vocabulary restriction, expressed genes, mitochondrial counts."""
-    total = np.add.reduceat(X.data.astype(np.float64), X.indptr[:-1]) if X.nnz else None
-    row_nnz = np.diff(X.indptr)
-    if total is None:
-        total = np.zeros(X.shape[0])
-    else:
-        total = np.where(row_nnz > 0, total, 0.0)  # reduceat repeats a value for empty rows
-    mito = X @ _plan(mapping).mito.astype(np.float64) if X.nnz else np.zeros(X.shape[0])
-    return CellStats(
-        total_counts=total,
-        n_genes_input=row_nnz.astype(np.int64),
-        n_genes_vocab=np.diff(vocab_X.indptr).astype(np.int64),
-        mito_counts=np.asarray(mito, dtype=np.float64),
+    if not isinstance(X, sp.csr_matrix):
+        X = sp.csr_matrix(X)
+    if 0 in X.shape or not np.issubdtype(X.dtype, np.number):
+        check_counts(X)  # raises with the full explanation
+    lookup = _lookup(mapping)
+    rows = relabel_rows(X, lookup.labels, lookup.mito)
+    if rows.n_invalid:
+        check_counts(X)  # raises with the full explanation
+        raise InputValidationError(f"{rows.n_invalid:,} values are not raw counts")
+    stats = CellStats(
+        total_counts=rows.total_counts,
+        n_genes_input=rows.n_nonzero_input,
+        n_genes_vocab=rows.n_labels_per_row,
+        mito_counts=rows.mito_counts,
     )
+    return rows, stats
 
 
 def split_of(cell_ids: Sequence[str], val_fraction: float) -> np.ndarray:
@@ -175,21 +179,18 @@ def harmonize_block(
     dataset_id: str,
     qc: QCConfig,
     val_fraction: float = 0.02,
+    mapped: tuple[RelabelledRows, CellStats] | None = None,
 ) -> HarmonizedBlock:
     """Map, QC and pack one block of cells into an Arrow table (:data:`SCHEMA`).
 
-    Counts must already be validated as raw counts (:func:`scfm.corpus.validate.check_counts`).
-    Explicit zeros are removed; the kept cells' nonzero vocabulary genes are stored sorted.
+    ``mapped`` is :func:`map_block`'s result when the caller already has it (it validates the
+    counts). Explicit zeros are ignored; the kept cells' nonzero vocabulary genes are stored
+    sorted.
     """
-    X = block.X
-    if not isinstance(X, sp.csr_matrix):
-        X = sp.csr_matrix(X)
-    X.eliminate_zeros()
-    vocab_X = to_vocab_csr(X, mapping)
-    stats = cell_stats(X, vocab_X, mapping)
+    rows, stats = mapped if mapped is not None else map_block(block.X, mapping)
     reason = drop_reasons(stats, qc)
     kept = reason < 0
-    sub = vocab_X[kept] if not kept.all() else vocab_X
+    sub = rows.take_rows(kept)
     n_kept = int(kept.sum())
     obs_ids = np.asarray(block.obs_ids, dtype=str)[kept]
     prefix = f"{source}:{dataset_id}:"
@@ -200,8 +201,8 @@ def harmonize_block(
         "source": pa.array([source] * n_kept, pa.string()),
         "dataset_id": pa.array([dataset_id] * n_kept, pa.string()),
         "obs_id": pa.array(obs_ids, pa.string()),
-        "gene_idx": pa.ListArray.from_arrays(offsets, pa.array(sub.indices.astype(np.int16))),
-        "counts": pa.ListArray.from_arrays(offsets, pa.array(sub.data.astype(np.float32))),
+        "gene_idx": pa.ListArray.from_arrays(offsets, pa.array(sub.indices)),
+        "counts": pa.ListArray.from_arrays(offsets, pa.array(sub.data)),
         "total_counts": pa.array(stats.total_counts[kept], pa.float64()),
         "n_genes": pa.array(stats.n_genes_vocab[kept].astype(np.int32)),
         "split": pa.array(split_of(cell_ids, val_fraction), pa.string()),
@@ -217,7 +218,7 @@ def harmonize_block(
     table = pa.Table.from_pydict(columns, schema=SCHEMA)
     return HarmonizedBlock(
         table=table,
-        n_in=X.shape[0],
+        n_in=block.X.shape[0],
         n_kept=n_kept,
         dropped=count_reasons(reason),
         stats=stats,

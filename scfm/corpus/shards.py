@@ -33,6 +33,13 @@ SHARD_DIR = "shards"
 UNIT_DIR = "_units"
 TMP_MARK = ".tmp-"
 ROW_GROUP_CELLS = 4096  # readers stream row groups: bounded memory per batch
+# Sorted gene indices delta-encode to a few bits each; byte-stream-split lines up the bytes of the
+# float32 counts for the compressor. Measured on 10k cells × 2,000 nonzeros: 2.7 kB per cell
+# instead of 3.8 kB, written in 0.77 s instead of 1.12 s, read 1.7× faster (docs/corpus.md).
+LIST_ENCODINGS = {
+    "gene_idx.list.element": "DELTA_BINARY_PACKED",
+    "counts.list.element": "BYTE_STREAM_SPLIT",
+}
 
 
 def resolve(uri: str) -> tuple[pafs.FileSystem, str]:
@@ -137,6 +144,7 @@ def write_shards(
             filesystem=fs,
             compression=compression,
             row_group_size=ROW_GROUP_CELLS,
+            column_encoding=LIST_ENCODINGS,
             use_dictionary=[
                 "source",
                 "dataset_id",

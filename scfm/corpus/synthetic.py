@@ -208,8 +208,21 @@ def write_census_store(
         f"{exp_uri}/ms/RNA/var", schema=var_schema, domain=[(0, n_var - 1)]
     ).close()
     soma.Collection.create(f"{exp_uri}/ms/RNA/X").close()
+    # One tile across all genes: row-major CSR order is then TileDB's global order, so chunks are
+    # written unsorted (sort_coords=False), 6× faster than letting TileDB sort 20M coordinates.
     soma.SparseNDArray.create(
-        f"{exp_uri}/ms/RNA/X/raw", type=pa.float32(), shape=(n_cells, n_var)
+        f"{exp_uri}/ms/RNA/X/raw",
+        type=pa.float32(),
+        shape=(n_cells, n_var),
+        platform_config={
+            "tiledb": {
+                "create": {
+                    "dims": {"soma_dim_1": {"tile": n_var}},
+                    "cell_order": "row-major",
+                    "tile_order": "row-major",
+                }
+            }
+        },
     ).close()
     with soma.Collection.open(f"{exp_uri}/ms/RNA/X", "w") as xc:
         xc.set("raw", soma.SparseNDArray.open(f"{exp_uri}/ms/RNA/X/raw"), use_relative_uri=True)
@@ -247,7 +260,8 @@ def write_census_store(
             pool, n_cells, k=k, p=p, seed=seed, chunk_cells=chunk_cells
         ):
             n = chunk.shape[0]
-            coo = chunk.tocoo()
+            chunk.sort_indices()
+            coo = chunk.tocoo()  # row-major, columns sorted: the array's global order
             X.write(
                 pa.Table.from_pydict(
                     {
@@ -255,7 +269,8 @@ def write_census_store(
                         "soma_dim_1": coo.col.astype(np.int64),
                         "soma_data": coo.data.astype(np.float32),
                     }
-                )
+                ),
+                platform_config=soma.TileDBWriteOptions(sort_coords=False),
             )
             joinids = np.arange(start, start + n, dtype=np.int64)
             ds = np.array(ds_ids, dtype=object)[joinids // cells_per_dataset]

@@ -10,10 +10,11 @@ from scfm.corpus.harmonize import (
     CellBlock,
     gene_mapping,
     harmonize_block,
+    map_block,
     split_of,
-    to_vocab_csr,
 )
 from scfm.corpus.qc import DROP_REASONS, CellStats, QCConfig, count_reasons, drop_reasons
+from scfm.corpus.validate import InputValidationError
 from scfm.io import read_counts
 
 
@@ -28,14 +29,35 @@ def test_vocab_mapping_equals_genes_apply_including_collisions(kang, vocab):
     genes = [*kang.var_names, "cd3e"]
     mapping = gene_mapping(vocab, genes)
     assert mapping.report.n_collisions == 1
-    ours, ref = to_vocab_csr(X, mapping), mapping.apply(X)
-    assert ours.has_sorted_indices
+    rows, stats = map_block(X, mapping)
+    ours, ref = rows.to_csr(len(vocab)), mapping.apply(X)
+    assert ours.has_sorted_indices and rows.indices.dtype == np.int16
     assert np.array_equal(ours.indptr, ref.indptr)
     assert np.array_equal(ours.indices, ref.indices)
     assert np.array_equal(ours.data, ref.data)
     cd3e = vocab.index("CD3E")
     col = np.asarray(kang.X[:, list(kang.var_names).index("CD3E")].todense()).ravel()
     assert np.array_equal(np.asarray(ours[:, cd3e].todense()).ravel(), 2 * col)
+    # QC numbers: totals over all input genes, expressed genes before / after the mapping.
+    assert np.allclose(stats.total_counts, np.asarray(X.sum(axis=1)).ravel())
+    assert np.array_equal(stats.n_genes_input, np.diff(X.indptr))
+    assert np.array_equal(stats.n_genes_vocab, np.diff(ref.indptr))
+    mt = [i for i, g in enumerate(genes) if g.upper().startswith("MT-")]
+    assert np.allclose(stats.mito_counts, np.asarray(X[:, mt].sum(axis=1)).ravel())
+
+
+def test_mapping_rejects_values_that_are_not_raw_counts(kang, vocab):
+    mapping = gene_mapping(vocab, kang.var_names)
+    logged = kang.X[:50].astype(np.float32)
+    logged.data = np.log1p(logged.data)
+    with pytest.raises(InputValidationError, match="looks log-normalized; pass raw counts"):
+        map_block(logged, mapping)
+    negative = kang.X[:50].astype(np.float32)
+    negative.data[7] = -3
+    with pytest.raises(InputValidationError, match="negative values"):
+        map_block(negative, mapping)
+    with pytest.raises(InputValidationError, match="empty"):
+        map_block(sp.csr_matrix((0, kang.n_vars), dtype=np.float32), mapping)
 
 
 def test_qc_first_failing_reason_and_arithmetic():
