@@ -154,92 +154,63 @@ def print_summary(manifest: dict, rows: list[dict], out: Console | None = None) 
     out.print(", ".join(f"{k}: {len(v)}" for k, v in ch.items()))
 
 
-@corpus_app.command()
-def build(
-    output: Output,
-    census_version: CensusVersion = None,
-    census_uri: CensusUri = None,
-    obs_filter: ObsFilter = None,
-    h5ad: H5ad = None,
-    tenx: TenX = None,
-    dirs: Dirs = None,
-    min_genes: MinGenes = 200,
-    max_genes: MaxGenes = None,
-    min_counts: MinCounts = None,
-    max_mito: MaxMito = None,
-    block_cells: BlockCells = 20_000,
-    max_cells_per_shard: ShardCells = 100_000,
-    val_fraction: ValFraction = 0.02,
-    strict: Strict = False,
-    mlflow: Mlflow = True,
-    executor: Executor = "ray",
-    ray_address: RayAddress = None,
-    resume: Resume = True,
-    progress: Progress = True,
-) -> None:
-    """Build a new corpus version from the given sources."""
-    _run(
-        False,
-        _sources(census_version, census_uri, obs_filter, h5ad, tenx, dirs),
-        output,
-        min_genes=min_genes,
-        max_genes=max_genes,
-        min_counts=min_counts,
-        max_mito=max_mito,
-        block_cells=block_cells,
-        max_cells_per_shard=max_cells_per_shard,
-        val_fraction=val_fraction,
-        strict=strict,
-        mlflow=mlflow,
-        executor=executor,
-        ray_address=ray_address,
-        resume=resume,
-        progress=progress,
-    )
+def _command(refresh: bool, doc: str):
+    """``scfm corpus build`` and ``scfm corpus refresh``: the same options, one flag apart."""
+
+    def command(
+        output: Output,
+        census_version: CensusVersion = None,
+        census_uri: CensusUri = None,
+        obs_filter: ObsFilter = None,
+        h5ad: H5ad = None,
+        tenx: TenX = None,
+        dirs: Dirs = None,
+        min_genes: MinGenes = 200,
+        max_genes: MaxGenes = None,
+        min_counts: MinCounts = None,
+        max_mito: MaxMito = None,
+        block_cells: BlockCells = 20_000,
+        max_cells_per_shard: ShardCells = 100_000,
+        val_fraction: ValFraction = 0.02,
+        strict: Strict = False,
+        mlflow: Mlflow = True,
+        executor: Executor = "ray",
+        ray_address: RayAddress = None,
+        resume: Resume = True,
+        progress: Progress = True,
+    ) -> None:
+        _run(
+            refresh,
+            _sources(census_version, census_uri, obs_filter, h5ad, tenx, dirs),
+            output,
+            min_genes=min_genes,
+            max_genes=max_genes,
+            min_counts=min_counts,
+            max_mito=max_mito,
+            block_cells=block_cells,
+            max_cells_per_shard=max_cells_per_shard,
+            val_fraction=val_fraction,
+            strict=strict,
+            mlflow=mlflow,
+            executor=executor,
+            ray_address=ray_address,
+            resume=resume,
+            progress=progress,
+        )
+
+    command.__doc__ = doc
+    return command
 
 
-@corpus_app.command()
-def refresh(
-    output: Output,
-    census_version: CensusVersion = None,
-    census_uri: CensusUri = None,
-    obs_filter: ObsFilter = None,
-    h5ad: H5ad = None,
-    tenx: TenX = None,
-    dirs: Dirs = None,
-    min_genes: MinGenes = 200,
-    max_genes: MaxGenes = None,
-    min_counts: MinCounts = None,
-    max_mito: MaxMito = None,
-    block_cells: BlockCells = 20_000,
-    max_cells_per_shard: ShardCells = 100_000,
-    val_fraction: ValFraction = 0.02,
-    strict: Strict = False,
-    mlflow: Mlflow = True,
-    executor: Executor = "ray",
-    ray_address: RayAddress = None,
-    resume: Resume = True,
-    progress: Progress = True,
-) -> None:
-    """Process only new or changed data sets; retire removed ones; commit a new version.
+build = corpus_app.command("build")(
+    _command(False, "Build a new corpus version from the given sources.")
+)
+refresh = corpus_app.command("refresh")(
+    _command(
+        True,
+        """Process only new or changed data sets; retire removed ones; commit a new version.
 
     Without source options, the sources of the newest manifest are used.
-    """
-    _run(
-        True,
-        _sources(census_version, census_uri, obs_filter, h5ad, tenx, dirs),
-        output,
-        min_genes=min_genes,
-        max_genes=max_genes,
-        min_counts=min_counts,
-        max_mito=max_mito,
-        block_cells=block_cells,
-        max_cells_per_shard=max_cells_per_shard,
-        val_fraction=val_fraction,
-        strict=strict,
-        mlflow=mlflow,
-        executor=executor,
-        ray_address=ray_address,
-        resume=resume,
-        progress=progress,
+    """,
     )
+)

@@ -26,7 +26,7 @@ from __future__ import annotations
 import logging
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 import pandas as pd
@@ -221,6 +221,53 @@ def load_labelled_h5ad(
     data = labelled_data(adata, label_key, source=str(path))
     validation = validate_anndata(data.to_anndata())
     return data, validation
+
+
+class LabelledTaskConfig(Protocol):
+    """The input fields :class:`~scfm.tasks.evaluate.EvaluateConfig` and the fine-tuning config
+    share."""
+
+    h5ad: str
+    label_key: str
+    layer: str | None
+    normalized_input: bool
+    total_counts_key: str | None
+    dataset: str | None
+    split: SplitConfig
+
+
+@dataclass
+class LabelledTask:
+    """A labelled, validated h5ad with its split and class table."""
+
+    data: LabelledData
+    validation: Any  # scfm.corpus.validate.ValidatedInput
+    dataset: str  # name in tables and run tags
+    split: Split
+    classes: pd.DataFrame
+
+    def __iter__(self):
+        """``data, validation, dataset, split, classes = task``."""
+        return iter((self.data, self.validation, self.dataset, self.split, self.classes))
+
+
+def load_labelled_task(cfg: LabelledTaskConfig) -> LabelledTask:
+    """Read and validate ``cfg.h5ad``, then split it by ``cfg.split``."""
+    data, validation = load_labelled_h5ad(
+        cfg.h5ad,
+        cfg.label_key,
+        layer=cfg.layer,
+        normalized_input=cfg.normalized_input,
+        total_counts_key=cfg.total_counts_key,
+    )
+    split = make_split(data, cfg.split)
+    return LabelledTask(
+        data,
+        validation,
+        cfg.dataset or Path(cfg.h5ad).stem,
+        split,
+        class_table(data.labels, split),
+    )
 
 
 # ----------------------------------------------------------------------------------- splitting

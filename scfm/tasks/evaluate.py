@@ -31,9 +31,7 @@ from scfm.tasks.data import (
     LabelledData,
     Split,
     SplitConfig,
-    class_table,
-    load_labelled_h5ad,
-    make_split,
+    load_labelled_task,
     scored_classes,
 )
 from scfm.tasks.metrics import ClassificationMetrics, classification_metrics, slug
@@ -107,16 +105,7 @@ def evaluate_annotation(
     backbones
         Models already in memory (e.g. trained in-process), evaluated before ``cfg.models``.
     """
-    data, validation = load_labelled_h5ad(
-        cfg.h5ad,
-        cfg.label_key,
-        layer=cfg.layer,
-        normalized_input=cfg.normalized_input,
-        total_counts_key=cfg.total_counts_key,
-    )
-    dataset = cfg.dataset or Path(cfg.h5ad).stem
-    split = make_split(data, cfg.split)
-    classes = class_table(data.labels, split)
+    data, validation, dataset, split, classes = load_labelled_task(cfg)
     scored = scored_classes(classes)
     if not scored:
         raise ValueError(

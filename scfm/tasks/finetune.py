@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from scfm.tasks.data import SplitConfig, class_table, load_labelled_h5ad, make_split, scored_classes
+from scfm.tasks.data import SplitConfig, load_labelled_task, scored_classes
 from scfm.tasks.metrics import ClassificationMetrics, classification_metrics, slug
 from scfm.tasks.tune import SweepConfig, SweepResult, run_sweep
 
@@ -74,16 +74,7 @@ def finetune_annotation(cfg: AnnotationFinetuneConfig) -> FinetuneResult:
     from scfm.tasks.plots import confusion_figure
     from scfm.tracking import log_figure, tracking_uri
 
-    data, validation = load_labelled_h5ad(
-        cfg.h5ad,
-        cfg.label_key,
-        layer=cfg.layer,
-        normalized_input=cfg.normalized_input,
-        total_counts_key=cfg.total_counts_key,
-    )
-    dataset = cfg.dataset or Path(cfg.h5ad).stem
-    split = make_split(data, cfg.split)
-    classes = class_table(data.labels, split)
+    data, validation, dataset, split, classes = load_labelled_task(cfg)
     backbone = load_backbone(cfg.model, seed=cfg.split.seed)
     if cfg.finetune_layers > 0:
         vocab_counts = validation.mapping.apply(data.counts)
