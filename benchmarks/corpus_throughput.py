@@ -59,6 +59,8 @@ def _source(fmt: str, path: Path):
 
 
 def run_one(fmt: str, n: int, args) -> dict:
+    import ray
+
     from scfm.corpus.build import BuildConfig, build_corpus
     from scfm.corpus.qc import QCConfig
 
@@ -77,6 +79,9 @@ def run_one(fmt: str, n: int, args) -> dict:
             resume=False,
             progress=False,
         )
+        if executor == "ray":  # fresh workers: ru_maxrss is a process's lifetime peak
+            ray.shutdown()
+            ray.init(num_cpus=args.cpus, include_dashboard=False, log_to_driver=False)
         t0 = time.perf_counter()
         res = build_corpus(cfg)
         wall = time.perf_counter() - t0
@@ -197,9 +202,6 @@ def main() -> None:
             f"| |",
             flush=True,
         )
-    import ray
-
-    ray.init(num_cpus=args.cpus, include_dashboard=False, log_to_driver=False)
     rows = [run_one(fmt, n, args) for fmt in args.formats for n in args.sizes]
     cols = [
         ("format", "{}"),
