@@ -40,7 +40,6 @@ import json
 import os
 import platform
 import resource
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -48,6 +47,8 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout
+
+import fresh_process  # noqa: E402  (benchmarks/, the script's own folder)
 
 OFFICIAL_CELLS_PER_S_H100 = 39  # DESIGN.md: official get_embedding.py, 0.1B, one H100, fp32
 
@@ -225,13 +226,8 @@ def run_worker(job: dict) -> dict:
 
 
 def measure(job: dict) -> dict:
-    out = subprocess.run(
-        [sys.executable, __file__, "--_worker", json.dumps(job)],
-        check=True,
-        capture_output=True,
-        text=True,
-    )
-    return json.loads(out.stdout.strip().splitlines()[-1])
+    """Run :func:`run_worker` in a fresh interpreter and return its result."""
+    return fresh_process.measure(__file__, job)
 
 
 # -------------------------------------------------------------------------------------- main
@@ -250,10 +246,9 @@ def main() -> None:
     p.add_argument("--no-dense", action="store_true", help="skip the dense baseline")
     p.add_argument("--threads", type=int, default=1, help="torch intra-op threads")
     p.add_argument("--json", type=Path, help="also write the results here")
-    p.add_argument("--_worker", help=argparse.SUPPRESS)
+    fresh_process.add_worker_option(p)
     args = p.parse_args()
-    if args._worker:
-        print(json.dumps(run_worker(json.loads(args._worker))))
+    if fresh_process.serve_worker(args, run_worker):
         return
 
     import torch

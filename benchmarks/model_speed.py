@@ -27,7 +27,6 @@ import json
 import os
 import platform
 import resource
-import subprocess
 import sys
 import time
 import weakref
@@ -39,6 +38,8 @@ import torch
 from torch import Tensor, nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout
+
+import fresh_process  # noqa: E402  (benchmarks/, the script's own folder)
 
 from scfm.model.config import N_GENES, N_POS, ModelConfig  # noqa: E402
 from scfm.model.embedding import AutoDiscretization, gene_embedding  # noqa: E402
@@ -160,13 +161,7 @@ def run_worker(job: dict) -> dict:
 
 def measure(job: dict) -> dict:
     """Run :func:`run_worker` in a fresh interpreter and return its result."""
-    out = subprocess.run(
-        [sys.executable, __file__, "--_worker", json.dumps(job)],
-        check=True,
-        capture_output=True,
-        text=True,
-    )
-    return json.loads(out.stdout.strip().splitlines()[-1])
+    return fresh_process.measure(__file__, job)
 
 
 # --------------------------------------------------------------------- decoder memory scaling
@@ -215,10 +210,9 @@ def main() -> None:
     )
     p.add_argument("--compile", action="store_true", help="torch.compile the model")
     p.add_argument("--json", type=Path, help="also write the results here")
-    p.add_argument("--_worker", help=argparse.SUPPRESS)
+    fresh_process.add_worker_option(p)
     args = p.parse_args()
-    if args._worker:
-        print(json.dumps(run_worker(json.loads(args._worker))))
+    if fresh_process.serve_worker(args, run_worker):
         return
 
     cuda = args.device.startswith("cuda")
