@@ -126,7 +126,7 @@ def block_breakdown(block_cells: int, workdir: Path) -> list[tuple[str, float, f
     import pyarrow.parquet as pq
 
     from scfm.corpus import synthetic
-    from scfm.corpus.harmonize import CellBlock, gene_mapping, harmonize_block, map_block
+    from scfm.corpus.harmonize import CellBlock, gene_mapping, map_block, pack_block
     from scfm.corpus.qc import QCConfig
     from scfm.corpus.shards import ROW_GROUP_CELLS, write_shards
     from scfm.corpus.validate import check_counts
@@ -149,9 +149,7 @@ def block_breakdown(block_cells: int, workdir: Path) -> list[tuple[str, float, f
     t_map, mapped = _best(lambda: map_block(X, mapping))  # count checks included
     block = CellBlock(X, pool.feature_ids, np.array([f"c{i}" for i in range(X.shape[0])]))
     t_table, hb = _best(  # QC decisions, kept rows, Arrow table: the same code in both
-        lambda: harmonize_block(
-            block, mapping, source="s", dataset_id="d", qc=QCConfig(), mapped=mapped
-        )
+        lambda: pack_block(block, *mapped, source="s", dataset_id="d", qc=QCConfig())
     )
     out = workdir / "breakdown"
     out.mkdir(parents=True, exist_ok=True)

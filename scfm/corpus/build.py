@@ -32,7 +32,7 @@ import numpy as np
 
 from scfm import __version__
 from scfm.corpus import manifest as mf
-from scfm.corpus.harmonize import SCHEMA, gene_mapping, harmonize_block, map_block
+from scfm.corpus.harmonize import SCHEMA, gene_mapping, map_block, pack_block
 from scfm.corpus.qc import DROP_REASONS, QCConfig
 from scfm.corpus.shards import (
     TMP_MARK,
@@ -218,16 +218,16 @@ def process_unit(source: Source, unit: WorkUnit, fp: str, ctx: UnitContext) -> d
         mapping = gene_mapping(GeneVocab.load(), block.gene_ids)  # cached per process
         t_map = time.perf_counter()
         check_species(mapping, ctx.min_mapped_fraction)
-        mapped = map_block(block.X, mapping)  # one pass: vocabulary, QC sums, raw-count checks
+        rows, stats = map_block(block.X, mapping)  # one pass: vocabulary, QC sums, count checks
         stage = "harmonize"
-        hb = harmonize_block(
+        hb = pack_block(
             block,
-            mapping,
+            rows,
+            stats,
             source=unit.source,
             dataset_id=unit.dataset_id,
             qc=ctx.qc,
             val_fraction=ctx.val_fraction,
-            mapped=mapped,
         )
         t_harm = time.perf_counter()
         stage = "write"

@@ -1,6 +1,7 @@
-"""Harmonize one block of cells: validate counts, map genes, QC, and build the shard table.
+"""Harmonize one block of cells: :func:`map_block` (validate counts, map genes, QC sums in one
+compiled pass), then :func:`pack_block` (QC decisions and the shard table).
 
-The hot path is O(nnz) numpy/scipy, never a dense cells × 19,264 matrix.
+The hot path is O(nnz), never a dense cells × 19,264 matrix.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ import scipy.sparse as sp
 
 from scfm.corpus.qc import CellStats, QCConfig, count_reasons, drop_reasons
 from scfm.corpus.relabel import RelabelledRows, relabel_rows
+from scfm.corpus.validate import InputValidationError, check_counts
 from scfm.genes import N_GENES, GeneMapping, GeneVocab
 
 logger = logging.getLogger(__name__)
@@ -136,8 +138,6 @@ def map_block(X: sp.csr_matrix, mapping: GeneMapping) -> tuple[RelabelledRows, C
         Empty or non-numeric matrix; negative, fractional, NaN or infinite values (the message
         of :func:`scfm.corpus.validate.check_counts`, which names the likely cause and the fix).
     """
-    from scfm.corpus.validate import InputValidationError, check_counts
-
     if not isinstance(X, sp.csr_matrix):
         X = sp.csr_matrix(X)
     if 0 in X.shape or not np.issubdtype(X.dtype, np.number):
@@ -171,23 +171,20 @@ def split_of(cell_ids: Sequence[str], val_fraction: float) -> np.ndarray:
     return np.where(h, "val", "train")
 
 
-def harmonize_block(
+def pack_block(
     block: CellBlock,
-    mapping: GeneMapping,
+    rows: RelabelledRows,
+    stats: CellStats,
     *,
     source: str,
     dataset_id: str,
     qc: QCConfig,
     val_fraction: float = 0.02,
-    mapped: tuple[RelabelledRows, CellStats] | None = None,
 ) -> HarmonizedBlock:
-    """Map, QC and pack one block of cells into an Arrow table (:data:`SCHEMA`).
+    """QC a block mapped by :func:`map_block` and pack its kept cells into an Arrow table.
 
-    ``mapped`` is :func:`map_block`'s result when the caller already has it (it validates the
-    counts). Explicit zeros are ignored; the kept cells' nonzero vocabulary genes are stored
-    sorted.
+    The table follows :data:`SCHEMA`; the kept cells' nonzero vocabulary genes are stored sorted.
     """
-    rows, stats = mapped if mapped is not None else map_block(block.X, mapping)
     reason = drop_reasons(stats, qc)
     kept = reason < 0
     sub = rows.take_rows(kept)
@@ -203,8 +200,8 @@ def harmonize_block(
         "obs_id": pa.array(obs_ids, pa.string()),
         "gene_idx": pa.ListArray.from_arrays(offsets, pa.array(sub.indices)),
         "counts": pa.ListArray.from_arrays(offsets, pa.array(sub.data)),
-        "total_counts": pa.array(stats.total_counts[kept], pa.float64()),
-        "n_genes": pa.array(stats.n_genes_vocab[kept].astype(np.int32)),
+        "total_counts": pa.array(sub.total_counts, pa.float64()),
+        "n_genes": pa.array(sub.n_labels_per_row.astype(np.int32)),
         "split": pa.array(split_of(cell_ids, val_fraction), pa.string()),
     }
     for col in METADATA_COLUMNS:

@@ -9,8 +9,8 @@ from scfm.corpus.harmonize import (
     SCHEMA,
     CellBlock,
     gene_mapping,
-    harmonize_block,
     map_block,
+    pack_block,
     split_of,
 )
 from scfm.corpus.qc import DROP_REASONS, CellStats, QCConfig, count_reasons, drop_reasons
@@ -88,11 +88,12 @@ def test_qc_first_failing_reason_and_arithmetic():
     assert drop_reasons(edge, QCConfig()).tolist() == [DROP_REASONS.index("min_genes"), -1]
 
 
-def test_harmonize_block_round_trips_counts_exactly(kang, vocab):
+def test_mapped_block_packs_counts_exactly(kang, vocab):
     mapping = gene_mapping(vocab, kang.var_names)
     block = CellBlock(kang.X, kang.var_names.to_numpy(), kang.obs_names.to_numpy(), kang.obs)
-    hb = harmonize_block(
-        block, mapping, source="h5ad", dataset_id="kang", qc=QCConfig(min_genes=300)
+    rows, stats = map_block(block.X, mapping)
+    hb = pack_block(
+        block, rows, stats, source="h5ad", dataset_id="kang", qc=QCConfig(min_genes=300)
     )
     assert hb.table.schema.equals(SCHEMA, check_metadata=False)
     assert hb.n_kept + sum(hb.dropped.values()) == hb.n_in == 1975
