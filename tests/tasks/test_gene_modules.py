@@ -133,34 +133,22 @@ def test_gene_modules_on_kang_cells_with_a_tiny_model(kang, tiny_trained):
     assert isinstance(result.top_hits(), pd.DataFrame)
 
 
-def test_gene_modules_cli(tmp_path):
+def _gene_modules_cli(*options: str):
     from typer.testing import CliRunner
 
     from scfm.cli import app
 
+    kang = str(datasets.fetch("kang2018"))
+    return CliRunner().invoke(
+        app, ["evaluate", "gene-modules", "--h5ad", kang, "--model", "random:tiny", *options]
+    )
+
+
+def test_gene_modules_cli(tmp_path):
     out = tmp_path / "gm"
-    result = CliRunner().invoke(
-        app,
-        [
-            "evaluate",
-            "gene-modules",
-            "--h5ad",
-            str(datasets.fetch("kang2018")),
-            "--model",
-            "random:tiny",
-            "--group-key",
-            "cell_type",
-            "--group-value",
-            "NK",
-            "--n-modules",
-            "4",
-            "--max-cells",
-            "8",
-            "--min-frac",
-            "0.3",
-            "--out",
-            str(out),
-        ],
+    result = _gene_modules_cli(
+        *("--group-key", "cell_type", "--group-value", "NK", "--n-modules", "4"),
+        *("--max-cells", "8", "--min-frac", "0.3", "--out", str(out)),
     )
     assert result.exit_code == 0, result.output
     modules = pd.read_csv(out / "modules.csv")
@@ -168,19 +156,5 @@ def test_gene_modules_cli(tmp_path):
     assert set(modules["module"]) == {0, 1, 2, 3}
     assert set(table["module"]) <= {0, 1, 2, 3} and table["fdr"].between(0, 1).all()
     assert (out / "enrichment.png").stat().st_size > 5_000
-    bad = CliRunner().invoke(
-        app,
-        [
-            "evaluate",
-            "gene-modules",
-            "--h5ad",
-            str(datasets.fetch("kang2018")),
-            "--model",
-            "random:tiny",
-            "--group-key",
-            "celltype",
-            "--out",
-            str(out),
-        ],
-    )
+    bad = _gene_modules_cli("--group-key", "celltype", "--out", str(out))
     assert bad.exit_code == 1 and "obs columns are" in bad.output
