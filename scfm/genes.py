@@ -27,6 +27,7 @@ zero too; keeping both entries keeps the index order (and pretrained weights) co
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import re
 from collections import Counter, defaultdict
@@ -376,6 +377,27 @@ class GeneMapping:
             unmapped_examples=unmapped[:20],
             n_vocab_covered=len(hits),
             foreign_ensembl=self.foreign_ensembl,
+        )
+
+    @property
+    def exact(self) -> np.ndarray:
+        """Boolean mask of input genes named exactly (case-sensitive) as their vocabulary gene."""
+        names = np.asarray(self.vocab.names, dtype=object)
+        genes = np.asarray(self.genes, dtype=object)
+        return self.mapped & (genes == names[np.maximum(self.index, 0)])
+
+    def exact_only(self) -> GeneMapping:
+        """This mapping restricted to exact vocabulary names; every other input is unmapped.
+
+        That is the official scFoundation column selection (``X_df[gene_list]``): no case
+        folding, Ensembl ids or aliases.
+        """
+        keep = self.exact
+        return dataclasses.replace(
+            self,
+            index=np.where(keep, self.index, -1),
+            rules=np.where(keep, self.rules, "unmapped"),
+            n_case_changed=0,
         )
 
     def matrix(self, dtype: np.dtype | type = np.float32) -> sp.csr_matrix:

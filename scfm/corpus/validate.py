@@ -16,6 +16,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
+from typing import Literal
 
 import numpy as np
 import scipy.sparse as sp
@@ -48,6 +49,7 @@ class ValidationReport:
     empty_cell_examples: list[str] = field(default_factory=list)
     fraction_genes_mapped: float | None = None
     warnings: list[str] = field(default_factory=list)
+    kind: str = "counts"  # what the values were checked as (see check_counts)
 
     @property
     def density(self) -> float:
@@ -67,13 +69,14 @@ class ValidationReport:
             "empty_cell_examples": self.empty_cell_examples,
             "fraction_genes_mapped": self.fraction_genes_mapped,
             "warnings": self.warnings,
+            "kind": self.kind,
         }
 
     def __str__(self) -> str:
         lines = [
             f"input: {self.n_cells:,} cells × {self.n_genes:,} genes, {self.nnz:,} non-zeros "
             f"({100 * self.density:.2f}% dense), {self.dtype}, values {self.min_value:g}"
-            f"..{self.max_value:g} (raw counts: ok)",
+            f"..{self.max_value:g} ({'raw counts' if self.kind == 'counts' else self.kind}: ok)",
             f"  cells with zero counts: {self.n_empty_cells:,}"
             + (f" (e.g. {', '.join(self.empty_cell_examples[:3])})" if self.n_empty_cells else ""),
         ]
@@ -105,19 +108,35 @@ def _looks_log_normalized(values: np.ndarray) -> bool:
     return bool(values.size) and float(values.max()) < 30 and float(values.min()) >= 0
 
 
+ValueKind = Literal["counts", "normalized", "bulk"]
+# integers this large in a matrix declared log1p-normalized are raw counts
+_NORMALIZED_MAX = 30.0
+
+
 def check_counts(
     X,
     *,
     obs_names: Sequence[str] | None = None,
     block_rows: int = BLOCK_ROWS,
+    kind: ValueKind = "counts",
 ) -> ValidationReport:
     """Check that ``X`` (cells × genes) holds raw counts, block by block.
+
+    Parameters
+    ----------
+    kind
+        ``counts`` (the default: raw counts, integers), ``normalized`` (declared
+        ``log1p``-normalized values: non-integers allowed, but a matrix of integers above 30 is
+        refused as raw counts) or ``bulk`` (declared bulk expression, counts or TPM: any
+        non-negative finite values).
 
     Raises
     ------
     InputValidationError
         Empty matrix, NaN/inf, negative or non-integer values.
     """
+    if kind not in ("counts", "normalized", "bulk"):
+        raise ValueError(f"kind must be 'counts', 'normalized' or 'bulk', got {kind!r}")
     n_cells, n_genes = X.shape
     if n_cells == 0 or n_genes == 0:
         raise InputValidationError(
@@ -129,6 +148,7 @@ def check_counts(
         raise InputValidationError(f"the expression matrix has non-numeric dtype {dtype}")
 
     nnz = 0
+    all_integers = True
     vmin, vmax = np.inf, -np.inf
     empty: list[int] = []
     n_empty = 0
@@ -153,7 +173,8 @@ def check_counts(
                 )
             if np.issubdtype(values.dtype, np.floating):
                 frac = values != np.rint(values)
-                if frac.any():
+                all_integers = all_integers and not frac.any()
+                if frac.any() and kind == "counts":
                     example = float(values[frac][0])
                     hint = (
                         "looks log-normalized; pass raw counts in X or name the layer with counts"
@@ -173,6 +194,11 @@ def check_counts(
 
     if not np.isfinite(vmin):  # all-zero sparse matrix
         vmin = vmax = 0.0
+    if kind == "normalized" and all_integers and vmax > _NORMALIZED_MAX:
+        raise InputValidationError(
+            f"the matrix was declared log1p-normalized (pre_normalized), but it holds integers "
+            f"up to {vmax:g}: these look like raw counts; pass them without pre_normalized"
+        )
     warnings = []
     if n_empty:
         warnings.append(
@@ -189,6 +215,7 @@ def check_counts(
         n_empty_cells=n_empty,
         empty_cell_examples=names,
         warnings=warnings,
+        kind=kind,
     )
 
 
@@ -259,6 +286,7 @@ def validate_input(
     vocab: GeneVocab | None = None,
     min_mapped_fraction: float = DEFAULT_MIN_MAPPED_FRACTION,
     block_rows: int = BLOCK_ROWS,
+    kind: ValueKind = "counts",
 ) -> ValidatedInput:
     """Validate a cells × genes count matrix with its names and map its genes.
 
@@ -272,6 +300,8 @@ def validate_input(
         Vocabulary to map onto (default: the scFoundation vocabulary).
     min_mapped_fraction
         Reject inputs where fewer genes than this map to the vocabulary.
+    kind
+        What the values are (see :func:`check_counts`); raw counts unless declared.
 
     Raises
     ------
@@ -285,7 +315,7 @@ def validate_input(
         )
     check_names(var_names, "gene")
     check_names(obs_names, "cell")
-    report = check_counts(X, obs_names=obs_names, block_rows=block_rows)
+    report = check_counts(X, obs_names=obs_names, block_rows=block_rows, kind=kind)
     mapping = (vocab or GeneVocab.load()).map(var_names)
     check_species(mapping, min_mapped_fraction)
     report = ValidationReport(

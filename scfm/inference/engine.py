@@ -28,8 +28,10 @@ from scfm.model.config import N_GENES, S_POS, T_POS
 from scfm.model.rda import CellBatch, depth_token, prepare_inference
 from scfm.model.xtrimogene import XTrimoGene
 
-PoolPart = Literal["S", "T", "max", "mean"]
-POOL_PARTS: tuple[PoolPart, ...] = ("S", "T", "max", "mean")
+PoolPart = Literal["S", "T", "max", "mean", "max_all"]
+POOL_PARTS: tuple[PoolPart, ...] = ("S", "T", "max", "mean")  # the official pool_type="all"
+OFFICIAL_MAX_POOL: tuple[PoolPart, ...] = ("max_all",)  # the official pool_type="max"
+_KNOWN_PARTS: tuple[PoolPart, ...] = (*POOL_PARTS, "max_all")
 TargetDepth = float | str | np.ndarray | None
 
 CPU_MAX_TOKENS = 4096
@@ -41,23 +43,23 @@ _DEPTH_RE = re.compile(r"^([tfa])(\d+(?:\.\d*)?|\.\d+)$")
 def check_pool(pool: Sequence[str] | str) -> tuple[PoolPart, ...]:
     """Validate the pooled parts (order kept); a single string is one part."""
     parts = (pool,) if isinstance(pool, str) else tuple(pool)
-    bad = [p for p in parts if p not in POOL_PARTS]
+    bad = [p for p in parts if p not in _KNOWN_PARTS]
     if not parts or bad or len(set(parts)) != len(parts):
         raise ValueError(
-            f"pool must be a non-empty selection of {POOL_PARTS} without repeats, got {pool!r}"
+            f"pool must be a non-empty selection of {_KNOWN_PARTS} without repeats, got {pool!r}"
         )
     return parts  # type: ignore[return-value]
 
 
-def target_T(spec: TargetDepth, total_counts: np.ndarray) -> np.ndarray:
-    """The T token (log10 target depth) per cell from a depth spec.
+def target_T(spec: TargetDepth, S: np.ndarray) -> np.ndarray:
+    """The T token (log10 target depth) per cell from a depth spec and the cells' S tokens.
 
     ``None`` → T = S (the cell's own depth, the official ``f1``); a number → that log10 depth for
     every cell; a ``(B,)`` array → one log10 depth per cell; or the official ``--tgthighres``
-    strings: ``"t4"`` → T = 4, ``"f10"`` → T = log10(total · 10), ``"a1"`` → T = S + 1.
+    strings: ``"t4"`` → T = 4, ``"f10"`` → T = log10(total · 10) = S + 1, ``"a1"`` → T = S + 1.
     """
-    S = depth_token(np.asarray(total_counts, dtype=np.float64))
-    if spec is None:
+    S = np.asarray(S, dtype=np.float64).reshape(-1)
+    if spec is None or (isinstance(spec, str) and spec.strip().upper() == "S"):
         return S.astype(np.float32)
     if isinstance(spec, np.ndarray):
         if spec.shape != S.shape or not np.isfinite(spec).all():
@@ -83,14 +85,27 @@ def target_T(spec: TargetDepth, total_counts: np.ndarray) -> np.ndarray:
     return (S + math.log10(x)).astype(np.float32)
 
 
+def depth_rows(spec: TargetDepth, rows: np.ndarray | slice) -> TargetDepth:
+    """A per-cell depth array restricted to ``rows``; any other spec unchanged."""
+    return spec[rows] if isinstance(spec, np.ndarray) else spec
+
+
+def batch_S(batch: Mapping[str, Any]) -> np.ndarray:
+    """S tokens of a batch: given (model-scale batches) or from ``total_counts`` (raw counts)."""
+    if "S" in batch:
+        return np.asarray(batch["S"], dtype=np.float64).reshape(-1)
+    return depth_token(np.asarray(batch["total_counts"], dtype=np.float64))
+
+
 def pool_states(
     h: Tensor, gene_ids: Tensor, padding_mask: Tensor, parts: Sequence[PoolPart] = POOL_PARTS
 ) -> Tensor:
     """Cell vectors ``(B, len(parts) · E)`` from encoder states ``(B, L, E)``.
 
     ``S`` / ``T``: the state of that depth token; ``max`` / ``mean``: over the gene tokens only
-    (T, S and padding excluded), as the official ``pool_type="all"``. A cell without expressed
-    genes gets zero pools.
+    (T, S and padding excluded), as the official ``pool_type="all"``; ``max_all``: over every
+    token, T and S included, as the official ``pool_type="max"``. A cell without expressed
+    genes gets zero ``max`` / ``mean`` pools.
     """
     valid = ~padding_mask
     is_gene = (valid & (gene_ids < N_GENES)).unsqueeze(-1)  # (B, L, 1)
@@ -103,6 +118,8 @@ def pool_states(
         elif part == "max":
             mx = h.masked_fill(~is_gene, float("-inf")).amax(dim=1)
             out.append(torch.where(is_gene.any(dim=1), mx, torch.zeros_like(mx)))
+        elif part == "max_all":  # every token, T and S included (official pool_type="max")
+            out.append(h.masked_fill(~valid.unsqueeze(-1), float("-inf")).amax(dim=1))
         else:
             n = is_gene.sum(dim=1).clamp(min=1)
             out.append(h.masked_fill(~is_gene, 0.0).sum(dim=1) / n)
@@ -153,13 +170,9 @@ class InferenceEngine:
     def precision(self) -> str:
         return "fp32" if self.dtype is None else "bf16"
 
-    def _inputs(
-        self, batch: Mapping[str, Any], depth: TargetDepth
-    ) -> tuple[CellBatch, Tensor, Tensor, Tensor]:
-        T = target_T(depth, np.asarray(batch["total_counts"], dtype=np.float64))
-        cells = prepare_inference(batch, target_T=T)
-        cells = cells.to(self.device, non_blocking=True)
-        return cells, cells.gene_ids, cells.values, cells.padding_mask
+    def _inputs(self, batch: Mapping[str, Any], depth: TargetDepth) -> CellBatch:
+        cells = prepare_inference(batch, target_T=target_T(depth, batch_S(batch)))
+        return cells.to(self.device, non_blocking=True)
 
     def embed(
         self,
@@ -167,23 +180,36 @@ class InferenceEngine:
         pool: Sequence[PoolPart] = POOL_PARTS,
         depth: TargetDepth = None,
     ) -> np.ndarray:
-        """``(B, len(pool) · E)`` float32 cell embeddings of a loader batch (encoder only)."""
-        _, ids, vals, pad = self._inputs(batch, depth)
+        """``(B, len(pool) · E)`` float32 cell embeddings of a batch (encoder only).
+
+        ``batch``: raw counts (``gene_idx``, ``counts``, ``offsets``, ``total_counts``) or
+        model-scale values (``gene_idx``, ``values``, ``offsets``, ``S``).
+        """
+        cells = self._inputs(batch, depth)
+        ids, vals, pad = cells.encoder_inputs()
         with inference_context(self.device, self.dtype), evaluating(self.model):
             h = self.model.encode(ids, vals, pad)  # (B, L, E)
             out = pool_states(h.float(), ids, pad, pool)
         return out.cpu().numpy()
 
     def predict(
-        self, batch: Mapping[str, Any], depth: TargetDepth = None, genes: np.ndarray | None = None
+        self,
+        batch: Mapping[str, Any],
+        depth: TargetDepth = None,
+        genes: np.ndarray | None = None,
+        mask_zeros: bool = False,
     ) -> np.ndarray:
         """``(B, G)`` float32 predicted normalized expression (log1p of counts per 10k at depth T).
 
-        ``genes`` picks vocabulary columns (default all 19,264).
+        ``genes`` picks vocabulary columns (default all 19,264). ``mask_zeros``: the genes a cell
+        does not express enter the decoder as masked positions (the learned mask vector, as in
+        pretraining, where only masked positions are scored) instead of as the value 0.
         """
-        _, ids, vals, pad = self._inputs(batch, depth)
+        cells = self._inputs(batch, depth)
+        ids, vals, pad = cells.encoder_inputs()
+        masked = zero_mask(ids, pad) if mask_zeros else None
         with inference_context(self.device, self.dtype), evaluating(self.model):
-            pred = self.model(ids, vals, pad)  # (B, 19264); T is already in the packed input
+            pred = self.model(ids, vals, pad, masked)  # (B, 19264); T is in the packed input
             if genes is not None:
                 pred = pred[:, torch.as_tensor(genes, device=pred.device, dtype=torch.long)]
         return pred.float().cpu().numpy()
@@ -192,9 +218,19 @@ class InferenceEngine:
         self, batch: Mapping[str, Any], genes: np.ndarray | None = None, depth: TargetDepth = None
     ) -> np.ndarray:
         """``(B, G, D)`` float32 context gene embeddings (decoder states before the head)."""
-        _, ids, vals, pad = self._inputs(batch, depth)
+        cells = self._inputs(batch, depth)
+        ids, vals, pad = cells.encoder_inputs()
         with inference_context(self.device, self.dtype), evaluating(self.model):
             z = self.model.gene_embeddings(ids, vals, pad)  # (B, 19264, D)
             if genes is not None:
                 z = z[:, torch.as_tensor(genes, device=z.device, dtype=torch.long)]
         return z.float().cpu().numpy()
+
+
+def zero_mask(gene_ids: Tensor, padding_mask: Tensor) -> Tensor:
+    """``(B, 19264)`` bool: True for every gene that is not an encoder token of its cell."""
+    B = gene_ids.shape[0]
+    expressed = torch.zeros(B, N_GENES + 1, dtype=torch.bool, device=gene_ids.device)
+    idx = gene_ids.masked_fill(padding_mask | (gene_ids >= N_GENES), N_GENES)
+    expressed.scatter_(1, idx, True)
+    return ~expressed[:, :N_GENES]

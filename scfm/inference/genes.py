@@ -18,12 +18,11 @@ from tqdm.auto import tqdm
 
 from scfm.corpus.validate import DEFAULT_MIN_MAPPED_FRACTION
 from scfm.genes import GeneVocab
-from scfm.inference.batching import DepthTotal, iter_selected_vocab_blocks, length_sorted_batches
-from scfm.inference.embed import ModelSpec, run_record, validate
-from scfm.inference.engine import InferenceEngine, TargetDepth
-from scfm.inference.loading import load_model_with_info
-from scfm.inference.runtime import Precision
+from scfm.inference.batching import length_sorted_batches
+from scfm.inference.engine import depth_rows
+from scfm.inference.pipeline import ModelSpec, start_run
 from scfm.inference.selection import cell_indices, gene_indices
+from scfm.inference.settings import AUTO
 
 
 @dataclass(frozen=True)
@@ -62,11 +61,15 @@ def gene_embeddings(
     genes: Sequence[str] | None = None,
     aggregate: Literal["mean"] | None = "mean",
     layer: str | None = None,
+    pre_normalized: Any = None,
+    total_counts_key: str = "total_counts",
+    settings: str = "auto",
+    target_depth: Any = AUTO,
+    depth_total: str = AUTO,
+    precision: str = AUTO,
+    gene_matching: str = AUTO,
     batch_size: int = 4,
     device: str | torch.device = "auto",
-    precision: Precision = "auto",
-    target_depth: TargetDepth = None,
-    depth_total: DepthTotal = "all_genes",
     variant: str = "gene",
     progress: bool = True,
     min_mapped_fraction: float = DEFAULT_MIN_MAPPED_FRACTION,
@@ -76,7 +79,8 @@ def gene_embeddings(
     Parameters
     ----------
     adata
-        AnnData with raw counts (validated as for :func:`scfm.embed`).
+        AnnData with raw counts (validated as for :func:`scfm.embed`), or a
+        :class:`~scfm.inference.inputs.PreparedInput`.
     model
         Model or spec (see :func:`scfm.inference.load_model`); official files use ``variant``.
     cells
@@ -88,8 +92,9 @@ def gene_embeddings(
         ``"mean"`` averages over the selected cells (a group embedding); None keeps every cell.
     batch_size
         Cells per forward pass (the decoder spans all 19,266 positions of every cell).
-    target_depth
-        T token, as in :func:`scfm.embed`.
+    pre_normalized, total_counts_key, settings, target_depth, depth_total, precision, \
+    gene_matching
+        As in :func:`scfm.embed` (official weights: T = 4, vocabulary totals, fp32).
 
     Returns
     -------
@@ -100,40 +105,43 @@ def gene_embeddings(
         raise ValueError(f"aggregate must be 'mean' or None, got {aggregate!r}")
     vocab = GeneVocab.load()
     gene_idx = gene_indices(genes, vocab)
-    rows = cell_indices(adata, cells)
-    checked = validate(adata, layer=layer, min_mapped_fraction=min_mapped_fraction)
-    net, info = load_model_with_info(model, device=device, variant=variant)
-    engine = InferenceEngine(net, device=device, precision=precision)
-    X = adata.X if layer is None else adata.layers[layer]
-    D = net.cfg.dec_dim
+    run = start_run(
+        adata,
+        model,
+        variant=variant,
+        layer=layer,
+        pre_normalized=pre_normalized,
+        total_counts_key=total_counts_key,
+        settings=settings,
+        target_depth=target_depth,
+        depth_total=depth_total,
+        precision=precision,
+        gene_matching=gene_matching,
+        device=device,
+        min_mapped_fraction=min_mapped_fraction,
+    )
+    target = run.prepared.adata
+    rows = cell_indices(target, cells)
+    D = run.engine.model.cfg.dec_dim
     per_cell = None if aggregate else np.empty((rows.size, gene_idx.size, D), dtype=np.float32)
     total = np.zeros((gene_idx.size, D), dtype=np.float64)
     with tqdm(total=rows.size, unit="cell", desc="gene embeddings", disable=not progress) as bar:
-        for block in iter_selected_vocab_blocks(X, checked.mapping, rows, depth_total=depth_total):
+        for block in run.blocks(rows=rows):
+            depth = run.depth(rows[block.start : block.stop])
             for sub in length_sorted_batches(block.lengths(), batch_size):
-                z = engine.gene_embeddings(block.loader_batch(sub), gene_idx, target_depth)
+                z = run.engine.gene_embeddings(block.batch(sub), gene_idx, depth_rows(depth, sub))
                 if per_cell is not None:
                     per_cell[block.start + sub] = z
                 else:
                     total += z.sum(axis=0, dtype=np.float64)
                 bar.update(len(sub))
     values = per_cell if per_cell is not None else (total / rows.size).astype(np.float32)
-    record = run_record(
-        info,
-        engine,
-        checked,
-        settings={
-            "layer": layer or "X",
-            "n_cells": int(rows.size),
-            "n_genes": int(gene_idx.size),
-            "aggregate": aggregate or "none",
-            "target_depth": "S" if target_depth is None else str(target_depth),
-            "depth_total": depth_total,
-        },
+    record = run.record(
+        n_cells=int(rows.size), n_genes=int(gene_idx.size), aggregate=aggregate or "none"
     )
     return GeneEmbeddings(
         values=values,
         genes=[vocab.names[i] for i in gene_idx],
-        cells=[str(adata.obs_names[i]) for i in rows],
+        cells=[str(target.obs_names[i]) for i in rows],
         record=record,
     )

@@ -55,14 +55,24 @@ class AutoDiscretization(nn.Module):
             learned mask / padding vector. (The official code detects them by the magic
             values 102 / 103 instead; explicit masks cannot collide with a real value.)
         """
-        h = F.leaky_relu(self.mlp(values.unsqueeze(-1)), LEAKY_SLOPE)  # (..., n_bins)
-        weights = torch.softmax(self.alpha * h + self.mlp2(h), dim=-1)  # (..., n_bins)
-        x = weights @ self.emb.weight  # (..., dim)
+        # float32 even under autocast: in bf16 the scalar input keeps 3 significant digits, so
+        # depth tokens 3.70 and 3.71 (or nearby expression values) would embed identically
+        with torch.autocast(device_type=values.device.type, enabled=False):
+            v = values.float().unsqueeze(-1)
+            h = F.leaky_relu(_linear32(self.mlp, v), LEAKY_SLOPE)  # (..., n_bins)
+            logits = self.alpha * h + _linear32(self.mlp2, h)
+            weights = torch.softmax(logits, dim=-1)  # (..., n_bins)
+            x = weights @ self.emb.weight.float()  # (..., dim)
         if mask is not None:
             x = torch.where(mask.unsqueeze(-1), self.emb_mask.weight[0].to(x.dtype), x)
         if pad is not None:
             x = torch.where(pad.unsqueeze(-1), self.emb_pad.weight[0].to(x.dtype), x)
         return x
+
+
+def _linear32(layer: nn.Linear, x: Tensor) -> Tensor:
+    """``layer(x)`` in float32 whatever the parameters' dtype."""
+    return F.linear(x, layer.weight.float(), layer.bias.float())
 
 
 def gene_embedding(dim: int) -> nn.Embedding:

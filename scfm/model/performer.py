@@ -4,11 +4,15 @@ Softmax attention ``softmax(q kᵀ / √d) v`` is approximated by ``φ(q) (φ(k)
 random features ``φ(x) = m^-½ · exp(w·x − |x|²/2)``, ``w`` drawn orthogonal Gaussian. Cost and
 memory are linear in the sequence length N: nothing of size N × N is ever built.
 
-Follows performer-pytorch (the code scFoundation vendored) with one deliberate change: the
-stabiliser subtracted from the *key* features before ``exp`` is a maximum per sequence and head,
-not one global maximum over the whole batch, so a cell's output does not depend on the other cells
-in its batch. Mathematically the stabiliser cancels in the normalisation; only the ``+eps`` term
-sees it, so outputs differ from the official kernel by O(eps) relative.
+Follows performer-pytorch (the code scFoundation vendored). The stabiliser subtracted from the
+*key* features before ``exp`` is one maximum per sequence over all its heads, positions and
+features. The official kernel takes one maximum over the whole key tensor (every sequence of the
+batch); at batch size 1 the two are the same, so official weights give official results, and a
+cell's output still does not depend on its batch-mates. The stabiliser would cancel in the
+normalisation but for the ``+eps`` term, which sees it: a maximum per head instead (an earlier
+scfm choice) moved decoder outputs by tens of percent on heads with small keys.
+
+The feature maps and the linear-attention products run in float32 even under autocast.
 """
 
 from __future__ import annotations
@@ -77,8 +81,8 @@ def softmax_kernel(
     projection_matrix
         ``(m, d)`` random directions.
     is_query
-        Queries are stabilised by their own row maximum; keys by one maximum per (sequence, head),
-        which cancels in the attention normalisation.
+        Queries are stabilised by their own row maximum; keys by one maximum per sequence over
+        all heads, positions and features (the official global maximum at batch size 1).
     key_padding_mask
         Keys only: ``(B, N)`` bool, True = padding. Padded keys get φ = 0, so they receive no
         attention at all, and are excluded from the stabiliser.
@@ -108,7 +112,7 @@ def softmax_kernel(
                 keys = dash
                 if key_padding_mask is not None:
                     keys = dash.masked_fill(key_padding_mask[:, None, :, None], float("-inf"))
-                stab = keys.amax(dim=(-2, -1), keepdim=True)  # (B, H, 1, 1)
+                stab = keys.amax(dim=(1, 2, 3), keepdim=True)  # (B, 1, 1, 1)
         feats = (torch.exp(dash - diag - stab) + eps) * m**-0.5
         if not is_query and key_padding_mask is not None:
             feats = feats.masked_fill(key_padding_mask[:, None, :, None], 0.0)
@@ -116,15 +120,18 @@ def softmax_kernel(
 
 
 def linear_attention(q: Tensor, k: Tensor, v: Tensor) -> Tensor:
-    """Non-causal linear attention ``φ(q) (φ(k)ᵀ v) / (φ(q) Σₙ φ(k)ₙ)``.
+    """Non-causal linear attention ``φ(q) (φ(k)ᵀ v) / (φ(q) Σₙ φ(k)ₙ)``, in float32.
 
     ``q``: ``(B, H, N, m)`` and ``k``: ``(B, H, M, m)`` features, ``v``: ``(B, H, M, e)``;
-    returns ``(B, H, N, e)``.
+    returns ``(B, H, N, e)`` float32. Autocast is switched off: in bf16 the sums over 19,266
+    positions and the normaliser lose about three significant digits.
     """
-    k_sum = k.sum(dim=-2)  # (B, H, m)
-    context = k.transpose(-2, -1) @ v.to(k.dtype)  # (B, H, m, e)
-    denom = (q @ k_sum.unsqueeze(-1)).to(context.dtype)  # (B, H, N, 1)
-    return (q.to(context.dtype) @ context) / denom  # (B, H, N, e)
+    with torch.autocast(device_type=q.device.type, enabled=False):
+        q, k, v = q.float(), k.float(), v.float()
+        k_sum = k.sum(dim=-2)  # (B, H, m)
+        context = k.transpose(-2, -1) @ v  # (B, H, m, e)
+        denom = q @ k_sum.unsqueeze(-1)  # (B, H, N, 1)
+        return (q @ context) / denom  # (B, H, N, e)
 
 
 class FastAttention(nn.Module):

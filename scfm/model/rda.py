@@ -260,23 +260,37 @@ def prepare_inference(
     Parameters
     ----------
     batch
-        Loader batch, as for :func:`collate`.
+        Either a loader batch of raw counts, as for :func:`collate` (normalized here,
+        S = log10 ``total_counts``), or model-scale values: ``gene_idx``, ``values`` (already
+        ``log1p``-normalized), ``offsets`` and ``S`` (log10 depth per cell).
     target_T
         log10 target depth (scalar or ``(B,)``). None gives T = S (the official ``f1``);
         e.g. ``S + 1`` asks :meth:`XTrimoGene.predict_expression` for 10× the read depth.
     """
-    gene_idx, counts, offsets, total = _read_batch(batch)
-    rows = _rows(offsets)
-    S = depth_token(total).astype(np.float32)
+    if "values" in batch:
+        gene_idx = _as_numpy(batch["gene_idx"], np.int64)
+        values = _as_numpy(batch["values"], np.float32)
+        offsets = _as_numpy(batch["offsets"], np.int64)
+        S = _as_numpy(batch["S"], np.float32).reshape(-1)
+        if (
+            offsets[-1] != gene_idx.size
+            or values.size != gene_idx.size
+            or S.size != offsets.size - 1
+        ):
+            raise ValueError("malformed batch: gene_idx, values, offsets and S do not agree")
+        rows = _rows(offsets)
+    else:
+        gene_idx, counts, offsets, total = _read_batch(batch)
+        rows = _rows(offsets)
+        S = depth_token(total).astype(np.float32)
+        values = normalize(counts, rows, total, scale).astype(np.float32)
     T = (
         S.copy()
         if target_T is None
         else np.broadcast_to(np.asarray(target_T, dtype=np.float32), S.shape).copy()
     )
-    nonzero = counts > 0
-    values = normalize(counts, rows, total, scale).astype(np.float32)
     gene_ids, vals, padding_mask = _pack_with_depth(
-        gene_idx, values, rows, nonzero, T, S, pad_to_multiple
+        gene_idx, values, rows, values > 0, T, S, pad_to_multiple
     )
     return CellBatch(gene_ids, vals, padding_mask, T=torch.from_numpy(T), S=torch.from_numpy(S))
 

@@ -26,7 +26,8 @@ def _reference(model, adata, target_T=None) -> np.ndarray:
         for i in range(adata.n_obs):
             batch = pack_rows(vocab_X[i])
             batch["total_counts"] = totals[i : i + 1]
-            cells = prepare_inference(batch, target_T=target_T)
+            T = target_T[i] if np.ndim(target_T) else target_T
+            cells = prepare_inference(batch, target_T=T)
             out.append(model.embed_cells(*cells.encoder_inputs()).numpy()[0])
     return np.stack(out)
 
@@ -113,6 +114,20 @@ def test_pool_parts_and_target_depth(kang, tiny_model) -> None:
         scfm.embed(kang, tiny_model, target_depth="x4", progress=False)
     with pytest.raises(ValueError, match="pool must be"):
         scfm.embed(kang, tiny_model, pool=("mean", "median"), progress=False)
+
+
+def test_per_cell_target_depths_follow_their_cells(kang, tiny_model) -> None:
+    """A per-cell T array is applied by cell, not by the length-sorted batch order."""
+    T = np.random.default_rng(0).uniform(3.0, 5.0, kang.n_obs)
+    out = scfm.embed(
+        kang, tiny_model, target_depth=T, batch_size=8, block_rows=16, progress=False
+    )  # 3 blocks, several length-sorted batches each
+    np.testing.assert_allclose(out, _reference(tiny_model, kang, target_T=T), atol=ATOL, rtol=0)
+    assert (
+        kang.uns["scfm"]["X_scfm"]["settings"]["target_depth"] == f"per-cell ({kang.n_obs} values)"
+    )
+    with pytest.raises(ValueError, match="one value per cell"):
+        scfm.embed(kang, tiny_model, target_depth=T[:-1], progress=False)
 
 
 def test_record_in_uns_is_h5ad_writable(kang, tiny_checkpoint, tmp_path) -> None:

@@ -120,6 +120,11 @@ def test_enhance_matches_model_prediction_at_higher_depth(few, depth_model) -> N
         few, tiny_model, target_total=10 * totals, key_added="t", progress=False
     )
     np.testing.assert_allclose(by_total, out, atol=ATOL, rtol=0)
+    # per-cell targets over several row blocks (2 cells each) go to their own cells
+    blocks = scfm.enhance(
+        few, tiny_model, target_total=10 * totals, block_rows=2, key_added="b", progress=False
+    )
+    np.testing.assert_allclose(blocks, out, atol=ATOL, rtol=0)
 
 
 def test_enhance_counts_output_and_errors(few, depth_model) -> None:
@@ -139,6 +144,52 @@ def test_enhance_counts_output_and_errors(few, depth_model) -> None:
         scfm.enhance(few, tiny_model, fold=0, progress=False)
     with pytest.raises(ValueError, match="output must be"):
         scfm.enhance(few, tiny_model, fold=2, output="tpm", progress=False)
+
+
+def test_enhance_splits_colliding_genes_without_double_counting(few, depth_model) -> None:
+    """Two input genes on one vocabulary gene share its prediction by their counts."""
+    keep = [g for g in few.var_names if g not in ("MARCH8", "MARCHF8")]
+    base = few[:, keep].X.toarray()
+    extra = np.random.default_rng(0).integers(0, 5, size=(few.n_obs, 2))
+    extra[0] = 0  # a cell that saw neither gene: equal shares
+    split_in = ad.AnnData(X=np.hstack([base, extra]).astype(np.float32), obs=few.obs.copy())
+    split_in.var_names = [*keep, "MARCH8", "MARCHF8"]  # previous and current symbol of one gene
+    merged_in = ad.AnnData(
+        X=np.hstack([base, extra.sum(axis=1, keepdims=True)]).astype(np.float32),
+        obs=few.obs.copy(),
+    )
+    merged_in.var_names = [*keep, "MARCHF8"]
+    model = copy.deepcopy(depth_model)
+    with torch.no_grad():
+        model.to_final.bias += 2.0  # positive predictions: nothing is clipped at zero
+    out = scfm.enhance(split_in, model, fold=10, output="counts", progress=False)
+    merged = scfm.enhance(merged_in, model, fold=10, output="counts", progress=False)
+    a, b = out[:, -2], out[:, -1]
+    np.testing.assert_allclose(a + b, merged[:, -1], rtol=1e-5)  # counted once, not twice
+    np.testing.assert_allclose(out[:, :-2], merged[:, :-1], rtol=1e-6)
+    seen = extra.sum(axis=1) > 0
+    np.testing.assert_allclose(
+        a[seen] / (a + b)[seen], extra[seen, 0] / extra[seen].sum(1), rtol=1e-5
+    )
+    np.testing.assert_allclose(a[~seen], b[~seen], rtol=1e-6)
+    assert split_in.uns["scfm"]["scfm_enhanced"]["depth"]["n_collided_input_genes"] == 2
+
+
+def test_zero_genes_can_enter_the_decoder_masked(few, depth_model) -> None:
+    from scfm.inference.engine import zero_mask
+
+    ids = torch.tensor([[5, 9, T_POS, T_POS + 1], [7, T_POS, T_POS + 1, 19266]])
+    pad = torch.tensor([[False, False, False, False], [False, False, False, True]])
+    m = zero_mask(ids, pad)
+    assert m.shape == (2, 19264)
+    assert not m[0, 5] and not m[0, 9] and m[0, 7] and not m[1, 7] and m[1, 5]
+    assert int(m.sum()) == 2 * 19264 - 3
+    plain = scfm.enhance(few, depth_model, fold=10, progress=False)
+    masked = scfm.enhance(
+        few, depth_model, fold=10, mask_zero_genes=True, key_added="m", progress=False
+    )
+    assert np.abs(masked - plain).max() > 1e-3  # the decoder sees other inputs
+    assert few.uns["scfm"]["m"]["settings"]["mask_zero_genes"] is True
 
 
 def test_enhance_refuses_backed_anndata(few, tiny_model, tmp_path) -> None:

@@ -96,8 +96,16 @@ def test_official_layout_file(tmp_path, tiny_model, kang) -> None:
     model, info = load_model_with_info(tmp_path / "models.ckpt", variant="gene", device="cpu")
     assert info.kind == "official" and info.variant == "gene"
     assert _same_weights(model, tiny_4x.eval())
+    # official weights get the official settings by default (T = 4, vocabulary totals, fp32)
     out = scfm.embed(kang, str(tmp_path / "models.ckpt"), progress=False)
-    np.testing.assert_array_equal(out, scfm.embed(kang, tiny_4x, progress=False))
+    settings = kang.uns["scfm"]["X_scfm"]["settings"]
+    assert settings["preset"] == "official" and settings["target_depth"] == "t4"
+    assert settings["depth_total"] == "vocab_genes" and settings["precision"] == "fp32"
+    ref = scfm.embed(kang, tiny_4x, progress=False, settings="official")
+    np.testing.assert_array_equal(out, ref)
+    assert not np.allclose(out, scfm.embed(kang, tiny_4x, progress=False))  # scfm: T = S
+    scfm_settings = scfm.embed(kang, str(tmp_path / "models.ckpt"), settings="scfm", progress=False)
+    np.testing.assert_array_equal(scfm_settings, scfm.embed(kang, tiny_4x, progress=False))
 
 
 def test_bad_model_specs(tmp_path) -> None:

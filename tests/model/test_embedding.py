@@ -35,3 +35,17 @@ def test_mask_and_pad_vectors_replace_values() -> None:
 
 def test_gene_embedding_has_gene_t_s_and_pad_rows() -> None:
     assert gene_embedding(4).weight.shape == (19267, 4)
+
+
+def test_value_embedding_input_stays_fp32_under_autocast() -> None:
+    """S = 3.70 and 3.71 are one value in bf16; the embedding must still tell them apart."""
+    torch.manual_seed(0)
+    emb = AutoDiscretization(dim=8, n_bins=100)
+    values = torch.tensor([3.70, 3.71])
+    assert torch.tensor(3.70).bfloat16() == torch.tensor(3.71).bfloat16()
+    ref = emb(values)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = emb(values)
+    assert out.dtype == torch.float32
+    torch.testing.assert_close(out, ref)
+    assert (out[0] - out[1]).abs().max() > 1e-3

@@ -91,3 +91,56 @@ def test_redraw_changes_projection_reproducibly() -> None:
     assert not torch.equal(before, first)
     assert torch.equal(first, attn.projection_matrix)
     assert "projection_matrix" in attn.state_dict()
+
+
+def _heads_with_different_key_norms(seed: int = 0):
+    q, k, v = _qkv(B=1, H=4, N=64, d=16, scale=0.5, seed=seed)
+    k[:, 0] *= 6.0  # one head with large keys: the others' features sit far below its maximum
+    return q, k, v
+
+
+def test_key_features_equal_the_official_kernel_at_batch_size_one() -> None:
+    from tests.official_reference import official_modules
+
+    official_modules()  # puts the official package on the path
+    from pretrainmodels.performer import softmax_kernel as official_kernel
+
+    _, k, _ = _heads_with_different_key_norms()
+    P = gaussian_orthogonal_random_matrix(32, 16, generator=torch.Generator().manual_seed(0))
+    ours = softmax_kernel(k, P, is_query=False)
+    theirs = official_kernel(k, projection_matrix=P, is_query=False)
+    assert_close(ours, theirs, rtol=1e-5, atol=1e-7)
+    assert_close(
+        softmax_kernel(k, P, is_query=True),
+        official_kernel(k, projection_matrix=P, is_query=True),
+        rtol=1e-5,
+        atol=1e-7,
+    )
+
+
+def test_one_stabiliser_per_cell_not_per_head() -> None:
+    """A maximum per head would change the small-key heads' outputs (the eps term sees it)."""
+    q, k, v = _heads_with_different_key_norms()
+    attn = FastAttention(dim_head=16, nb_features=32)
+    out = attn(q, k, v)
+    m = attn.projection_matrix
+    x = k * 16**-0.25
+    dash = x @ m.t()
+    diag = 0.5 * (x * x).sum(-1, keepdim=True)
+    per_head = (torch.exp(dash - diag - dash.amax(dim=(-2, -1), keepdim=True)) + 1e-4) * 32**-0.5
+    per_cell = (torch.exp(dash - diag - dash.amax()) + 1e-4) * 32**-0.5
+    qf = softmax_kernel(q, m, is_query=True)
+    assert_close(out, linear_attention(qf, per_cell, v))
+    other = linear_attention(qf, per_head, v)
+    rel = ((other - out).norm(dim=(-2, -1)) / out.norm(dim=(-2, -1)))[0]  # per head
+    assert rel[0] < 1e-3 < rel[1:].min()  # same on the large-key head, not on the others
+
+
+def test_feature_maps_and_products_stay_fp32_under_autocast() -> None:
+    q, k, v = _qkv(B=1, H=2, N=200, d=16)
+    attn = FastAttention(dim_head=16, nb_features=32)
+    ref = attn(q, k, v)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = attn(q, k, v)
+    assert out.dtype == torch.float32
+    assert_close(out, ref, rtol=1e-6, atol=1e-6)  # bf16 products would differ by ~1e-2
