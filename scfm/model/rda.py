@@ -2,14 +2,22 @@
 
 For every cell of a batch from the corpus loader:
 
-1. **Down-sample** (cells with at least ``min_total_counts`` counts): draw a rate γ ~ Beta(2, 2)
-   and thin the raw counts binomially, ``x' ~ Binomial(x, γ)``. Other cells are their own input.
+1. **Duplicate or down-sample**: a cell with at least ``min_total_counts`` counts is, with
+   probability ``downsample_prob`` (0.5), thinned binomially at a rate γ ~ Beta(2, 2),
+   ``x' ~ Binomial(x, γ)``; otherwise (and for shallower cells) the input is an unchanged
+   duplicate, so T = S inputs (the inference default) are trained too. The paper: "a hierarchical
+   Bayesian downsampling strategy to generate its low total counts variant or unchanged profiles".
 2. **Normalize** both copies, ``log1p(x / total · 1e4)``. The target uses the original total
    (``total_counts``, before vocabulary restriction), the input its own total.
 3. **Depth tokens**: T = log10(original total), S = log10(input total). The model learns to
    predict the expression at depth T from an input at depth S.
-4. **Mask** ~30 % of the input's nonzero genes and ~3 % of its zero genes. Masked genes are left
-   out of the encoder entirely; the decoder predicts them.
+4. **Mask** ~30 % of the input's nonzero genes and ~3 % of its zero genes; all are scored. Of the
+   masked nonzero genes, 10 % (``random_value_prob``) show another expressed gene's value of the
+   same cell and 90 % × 80 % (``replace_prob``) are hidden (left out of the encoder; the decoder
+   sees the learned mask vector); the rest keep their own value (the official config's
+   ``replace_prob=0.8``, ``random_token_prob=0.1``, BERT-style). Masked zero genes are always
+   hidden. Cells with more than ``max_encoder_genes`` (15,000, the official
+   ``mae_encoder_max_seq_len`` less T and S) visible genes hide a random surplus.
 5. **Loss**: MSE between prediction and the *original* normalized expression, masked genes only.
 
 The out-of-vocabulary counts are thinned too, as one binomial draw per cell (a sum of binomials
@@ -49,9 +57,12 @@ class RDAConfig:
     min_total_counts: float = 1000.0  # cells below this are not down-sampled
     beta_a: float = 2.0  # down-sampling rate γ ~ Beta(beta_a, beta_b)
     beta_b: float = 2.0
-    downsample_prob: float = 1.0  # chance an eligible cell is down-sampled (0 = plain masked AE)
+    downsample_prob: float = 0.5  # chance an eligible cell is down-sampled, else duplicated
     mask_nonzero_prob: float = 0.3  # official value_mask_prob
     mask_zero_prob: float = 0.03  # official zero_mask_prob
+    replace_prob: float = 0.8  # masked nonzero genes hidden (of those not given a random value)
+    random_value_prob: float = 0.1  # masked nonzero genes shown another gene's value
+    max_encoder_genes: int = 14998  # official mae_encoder_max_seq_len 15,000 minus T and S
     scale: float = 1e4  # normalization target sum
     pad_to_multiple: int = 1  # round the encoder length up (fewer shapes for torch.compile)
 
@@ -201,7 +212,7 @@ def collate(
     Returns
     -------
     CellBatch
-        With ``masked`` and ``target`` set; the encoder never sees a masked gene.
+        With ``masked`` (scored genes) and ``target`` set; the encoder never sees a hidden gene.
     """
     cfg = cfg or RDAConfig()
     rng = np.random.default_rng(generator)
@@ -225,18 +236,34 @@ def collate(
     T = depth_token(total).astype(np.float32)
     S = depth_token(input_total).astype(np.float32)
 
-    # 4. masks: ~30 % of the input's nonzero genes, ~3 % of its zero genes
+    # 4. masks: ~30 % of the input's nonzero genes, ~3 % of its zero genes; all are scored
     nonzero = down > 0
     mask_nz = nonzero & (rng.random(gene_idx.size) < cfg.mask_nonzero_prob)
+    u = rng.random(gene_idx.size)
+    random_nz = mask_nz & (u < cfg.random_value_prob)
+    hidden = (
+        mask_nz
+        & ~random_nz
+        & (u < cfg.random_value_prob + (1 - cfg.random_value_prob) * cfg.replace_prob)
+    )
+    if random_nz.any():
+        input_flat = input_flat.copy()
+        input_flat[random_nz] = _random_values_of_same_cell(
+            input_flat, nonzero & ~mask_nz, rows, random_nz, rng
+        )
+    visible = nonzero & ~hidden
+    hidden |= visible & ~_cap_per_cell(rows, visible, cfg.max_encoder_genes, rng)
+    visible = nonzero & ~hidden
     masked = rng.random((B, N_GENES), dtype=np.float32) < cfg.mask_zero_prob
     masked[rows[nonzero], gene_idx[nonzero]] = False  # the zero-mask applies to zeros only
-    masked[rows[mask_nz], gene_idx[mask_nz]] = True
+    scored = mask_nz | hidden
+    masked[rows[scored], gene_idx[scored]] = True
     target = np.zeros((B, N_GENES), dtype=np.float32)
     target[rows, gene_idx] = target_flat
 
-    # encoder tokens: unmasked nonzero genes of the input, in order, then T and S
+    # encoder tokens: the visible nonzero genes of the input, in order, then T and S
     gene_ids, values, padding_mask = _pack_with_depth(
-        gene_idx, input_flat, rows, nonzero & ~mask_nz, T, S, cfg.pad_to_multiple
+        gene_idx, input_flat, rows, visible, T, S, cfg.pad_to_multiple
     )
     return CellBatch(
         gene_ids=gene_ids,
@@ -247,6 +274,48 @@ def collate(
         masked=torch.from_numpy(masked),
         target=torch.from_numpy(target),
     )
+
+
+def _random_values_of_same_cell(
+    values: np.ndarray,
+    source: np.ndarray,
+    rows: np.ndarray,
+    pick: np.ndarray,
+    rng: np.random.Generator,
+) -> np.ndarray:
+    """For each entry in ``pick``, the value of a random ``source`` entry of the same cell
+    (its own value where the cell has no source entry)."""
+    pool = np.flatnonzero(source)  # grouped by cell: rows are sorted
+    n_cells = int(rows.max()) + 1
+    counts = np.bincount(rows[pool], minlength=n_cells)
+    starts = np.concatenate([[0], np.cumsum(counts)[:-1]])
+    idx = np.flatnonzero(pick)
+    r = rows[idx]
+    has = counts[r] > 0
+    choice = starts[r] + np.floor(rng.random(r.size) * counts[r]).astype(np.int64)
+    out = values[idx].copy()
+    out[has] = values[pool[choice[has]]]
+    return out
+
+
+def _cap_per_cell(
+    rows: np.ndarray, keep: np.ndarray, cap: int, rng: np.random.Generator
+) -> np.ndarray:
+    """``keep`` thinned to at most ``cap`` entries per cell, chosen at random."""
+    if cap <= 0 or not keep.any():
+        return keep
+    per_cell = np.bincount(rows[keep])
+    if per_cell.max() <= cap:
+        return keep
+    idx = np.flatnonzero(keep)
+    order = np.lexsort((rng.random(idx.size), rows[idx]))  # by cell, random within
+    ranked = idx[order]
+    cell = rows[ranked]
+    first = np.searchsorted(cell, cell, side="left")
+    rank = np.arange(ranked.size) - first
+    out = np.zeros_like(keep)
+    out[ranked[rank < cap]] = True
+    return out
 
 
 def prepare_inference(

@@ -70,6 +70,9 @@ class TrainArgs:
     grad_clip: float = 1.0
     precision: Precision = "auto"  # bf16 autocast on CUDA, fp32 on CPU
     compile: bool = False  # torch.compile the model
+    # FAVOR+ projection redrawn every N training forwards (micro-batches) of the decoder, as the
+    # official Performer (feature_redraw_interval 1000); 0 = never
+    redraw_every: int = 1000
     seed: int = 0
     log_every: int = 10
     val_every: int = 100

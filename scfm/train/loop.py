@@ -89,6 +89,33 @@ def train_step(
     return StepResult(total_loss, grad_norm, lr, cells, tokens, time.perf_counter() - start)
 
 
+def redraw_projections_if_due(
+    model: nn.Module, calls_before: int, calls_after: int, every: int, seed: int
+) -> bool:
+    """Redraw the FAVOR+ projections when the count of training forwards crosses a multiple of
+    ``every`` (the official Performer redraws every 1,000 training calls).
+
+    The k-th redraw uses a generator seeded with ``(seed, k)``, so every rank draws the same
+    matrices and a run resumed from a checkpoint (which stores the projections) continues with
+    the same ones and redraws at the same forward counts. Returns whether it redrew.
+    """
+    if every <= 0 or calls_after // every == calls_before // every:
+        return False
+    k = calls_after // every
+    generator = torch.Generator().manual_seed(
+        int(np.random.SeedSequence([seed, k]).generate_state(1)[0])
+    )
+    _unwrap(model).redraw_projections(generator)
+    return True
+
+
+def _unwrap(model: nn.Module) -> nn.Module:
+    """The model inside DDP / FSDP / torch.compile wrappers."""
+    while hasattr(model, "module") or hasattr(model, "_orig_mod"):
+        model = getattr(model, "_orig_mod", None) or model.module
+    return model
+
+
 def rde_eval_config(rda: RDAConfig) -> RDAConfig:
     """The read-depth-enhancement evaluation: down-sample every eligible cell, mask nothing."""
     return dataclasses.replace(rda, downsample_prob=1.0, mask_nonzero_prob=0.0, mask_zero_prob=0.0)

@@ -23,6 +23,7 @@ from scfm.model.xtrimogene import XTrimoGene
 from scfm.train.config import PretrainConfig
 from scfm.train.loop import (
     micro_batches,
+    redraw_projections_if_due,
     resolve_precision,
     train_step,
     training_state,
@@ -174,6 +175,9 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         )
         step += 1
         meter.add_step(res)
+        redraw_projections_if_due(
+            model, (step - 1) * accum, step * accum, cfg.train.redraw_every, cfg.train.seed
+        )
         if fail_at and step == fail_at and ckpt is None and rank == world - 1:
             raise RuntimeError(f"injected failure at step {step} (fail_once_at_step)")
 

@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pytest
 import torch
@@ -10,6 +12,8 @@ from scfm.model.config import N_GENES, PAD_POS, S_POS, T_POS
 from scfm.model.rda import RDAConfig, collate, downsample, masked_mse, prepare_inference
 
 NO_DOWNSAMPLING = RDAConfig(min_total_counts=float("inf"))
+# every masked gene hidden from the encoder (no kept or random values): the pure masked objective
+PURE_MASK = RDAConfig(replace_prob=1.0, random_value_prob=0.0)
 
 
 def _cells(batch, out):
@@ -42,7 +46,8 @@ def test_downsample_preserves_expected_totals() -> None:
     assert_close(input_total.var(), T * rate * (1 - rate), rtol=0.12, atol=0)
 
 
-def test_collate_depth_ratio_follows_beta_rates() -> None:
+def test_collate_duplicates_or_downsamples_at_beta_rates() -> None:
+    """Half the eligible cells are unchanged duplicates (T = S), half thinned at Beta(2, 2)."""
     batch = {
         "gene_idx": np.tile(np.arange(0, 2000, 10, dtype=np.int32), 800),
         "counts": np.full(800 * 200, 25.0, dtype=np.float32),  # 5,000 counts in vocabulary
@@ -51,10 +56,24 @@ def test_collate_depth_ratio_follows_beta_rates() -> None:
     }
     out = collate(batch, RDAConfig(), generator=0)
     ratio = 10.0 ** (out.S - out.T).numpy().astype(np.float64)
+    duplicate = ratio == 1.0
+    assert abs(duplicate.mean() - 0.5) < 4 * np.sqrt(0.25 / 800)
+    thinned = ratio[~duplicate]
     # Beta(2, 2): mean 1/2, variance 1/20 (the binomial noise on 6,000 counts is negligible)
-    assert abs(ratio.mean() - 0.5) < 4 * np.sqrt(0.05 / 800)
-    assert abs(ratio.var() - 0.05) < 0.012
+    assert abs(thinned.mean() - 0.5) < 4 * np.sqrt(0.05 / thinned.size)
+    assert abs(thinned.var() - 0.05) < 0.015
     assert_close(out.T, torch.full((800,), np.log10(6000.0), dtype=torch.float32))
+    always = collate(batch, RDAConfig(downsample_prob=1.0), generator=0)
+    assert (always.S < always.T).all()
+
+
+def test_low_depth_rates_of_the_paper_evaluation_are_trained() -> None:
+    """The paper evaluates enhancement from 1-20 % of the reads: Beta(2, 2) draws such rates
+    for 10.4 % of the down-sampled cells (I_0.2(2, 2) - I_0.01(2, 2) = 0.1037)."""
+    rates = rda.sample_rates(200_000, RDAConfig(), np.random.default_rng(0))
+    low = ((rates >= 0.01) & (rates <= 0.2)).mean()
+    assert abs(low - 0.1037) < 4 * np.sqrt(0.1037 * 0.8963 / rates.size)
+    assert (rates < 0.05).mean() > 0.005  # 1-5 % too (expected 0.72 %)
 
 
 def test_collate_shapes_and_invariants(loader_batch) -> None:
@@ -62,7 +81,8 @@ def test_collate_shapes_and_invariants(loader_batch) -> None:
     total = 50_000.0  # every cell eligible for down-sampling
     batch["total_counts"] = np.full(6, total)
     batch["counts"] = batch["counts"] * 8
-    out = collate(batch, RDAConfig(), generator=np.random.default_rng(1))
+    cfg = dataclasses.replace(PURE_MASK, downsample_prob=1.0)
+    out = collate(batch, cfg, generator=np.random.default_rng(1))
     B, L = out.gene_ids.shape
     assert out.masked.shape == out.target.shape == (B, N_GENES)
     assert out.values.dtype == out.target.dtype == torch.float32
@@ -89,7 +109,8 @@ def test_collate_shapes_and_invariants(loader_batch) -> None:
 
 def test_mask_rates_without_downsampling(loader_batch) -> None:
     batch = loader_batch(8, n_genes=(400, 800), seed=2)
-    out = collate(batch, NO_DOWNSAMPLING, generator=0)
+    cfg = dataclasses.replace(PURE_MASK, min_total_counts=float("inf"))
+    out = collate(batch, cfg, generator=0)
     nz_total = np.diff(batch["offsets"]).sum()
     enc_genes = (~out.padding_mask).sum().item() - 2 * 8
     nz_masked = nz_total - enc_genes  # every nonzero gene is either in the encoder or masked
@@ -98,13 +119,16 @@ def test_mask_rates_without_downsampling(loader_batch) -> None:
     assert abs(zero_masked / (8 * N_GENES - nz_total) - 0.03) < 0.003
 
 
-def test_masked_values_never_leak_into_encoder_inputs(loader_batch, tiny_model) -> None:
+def test_hidden_values_never_leak_into_encoder_inputs(loader_batch, tiny_model) -> None:
     batch = loader_batch(3, seed=3)
     out = collate(batch, NO_DOWNSAMPLING, generator=7)
     rows = np.repeat(np.arange(3), np.diff(batch["offsets"]))
-    hidden = out.masked.numpy()[rows, batch["gene_idx"]]
+    in_encoder = np.zeros((3, N_GENES), dtype=bool)
+    for b, (ids, _, _, _) in enumerate(_cells(batch, out)):
+        in_encoder[b, ids.numpy()] = True
+    hidden = out.masked.numpy()[rows, batch["gene_idx"]] & ~in_encoder[rows, batch["gene_idx"]]
     assert hidden.any()
-    # change the counts of exactly the masked genes: the encoder input must not move a bit
+    # change the counts of exactly the hidden genes: the encoder input must not move a bit
     counts = batch["counts"]
     changed = dict(batch, counts=np.where(hidden, np.where(counts > 1, 1.0, 2.0), counts))
     out2 = collate(changed, NO_DOWNSAMPLING, generator=7)
@@ -119,6 +143,54 @@ def test_masked_values_never_leak_into_encoder_inputs(loader_batch, tiny_model) 
             rtol=0,
             atol=0,
         )
+
+
+def test_masked_genes_are_hidden_kept_or_given_another_genes_value() -> None:
+    """Official replace_prob 0.8 / random_token_prob 0.1: of the scored expressed genes, 72 %
+    are hidden, 18 % keep their value, 10 % show another unmasked gene's value of the cell."""
+    n_cells, n = 40, 1000
+    counts = np.tile(np.arange(1, n + 1, dtype=np.float32), n_cells)  # one value per gene
+    batch = {
+        "gene_idx": np.tile(np.arange(0, 2 * n, 2, dtype=np.int32), n_cells),
+        "counts": counts,
+        "offsets": np.arange(n_cells + 1, dtype=np.int64) * n,
+        "total_counts": np.full(n_cells, float(counts[:n].sum())),
+    }
+    out = collate(batch, NO_DOWNSAMPLING, generator=0)
+    own = np.log1p(np.arange(1, n + 1) / counts[:n].sum() * 1e4).astype(np.float32)
+    hidden = kept = random = scored = 0
+    for b, (ids, vals, _, _) in enumerate(_cells(batch, out)):
+        genes = np.arange(0, 2 * n, 2)
+        is_scored = out.masked[b, genes].numpy()
+        pos = {int(g): i for i, g in enumerate(ids.numpy())}
+        for j in np.flatnonzero(is_scored):
+            scored += 1
+            if int(genes[j]) not in pos:
+                hidden += 1
+            elif vals[pos[int(genes[j])]].item() == own[j]:
+                kept += 1
+            else:
+                random += 1
+                shown = vals[pos[int(genes[j])]].item()
+                source = int(np.flatnonzero(own == shown)[0])
+                assert not is_scored[source]  # drawn from an unmasked gene of the cell
+    assert abs(scored / (n_cells * n) - 0.3) < 0.02
+    for got, want in ((hidden, 0.72), (kept, 0.18), (random, 0.10)):
+        assert abs(got / scored - want) < 4 * np.sqrt(want * (1 - want) / scored)
+
+
+def test_encoder_input_is_capped_per_cell(loader_batch) -> None:
+    batch = loader_batch(4, n_genes=(150, 300), seed=8)
+    cfg = RDAConfig(min_total_counts=float("inf"), max_encoder_genes=100)
+    out = collate(batch, cfg, generator=0)
+    rows = np.repeat(np.arange(4), np.diff(batch["offsets"]))
+    for b, (ids, _, _, _) in enumerate(_cells(batch, out)):
+        assert len(ids) == 100  # every cell has more than 100 visible genes
+        genes = batch["gene_idx"][rows == b]
+        left_out = np.setdiff1d(genes, ids.numpy())
+        assert out.masked[b, left_out].all()  # what the cap hides is predicted and scored
+    short = collate(batch, dataclasses.replace(cfg, max_encoder_genes=14998), generator=0)
+    assert (~short.padding_mask).sum() > (~out.padding_mask).sum()
 
 
 def test_cells_below_threshold_are_not_downsampled(loader_batch) -> None:

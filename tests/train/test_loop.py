@@ -119,3 +119,24 @@ def test_cpu_budget_leaves_a_cpu_for_ray_data():
         check_cpu_budget(two, 2.0)
     check_cpu_budget(two, 3.0)  # one left over
     check_cpu_budget(two, 0.0)  # unknown (e.g. an autoscaling cluster with no workers yet)
+
+
+def test_projections_are_redrawn_every_n_training_forwards() -> None:
+    from scfm.train.loop import redraw_projections_if_due
+
+    torch.manual_seed(0)
+    a = XTrimoGene(ModelConfig.from_name("tiny"))
+    b = XTrimoGene(ModelConfig.from_name("tiny"))
+    b.load_state_dict(a.state_dict())  # two ranks (or a run and its resumed copy)
+    key = "decoder.layers.0.attn.attend.projection_matrix"
+    before = a.state_dict()[key].clone()
+    assert not redraw_projections_if_due(a, 992, 999, every=1000, seed=3)
+    assert torch.equal(a.state_dict()[key], before)
+    # 8 micro-batches per step: the step that crosses 1,000 forwards redraws
+    assert redraw_projections_if_due(a, 992, 1000, every=1000, seed=3)
+    assert redraw_projections_if_due(b, 996, 1004, every=1000, seed=3)
+    assert not torch.equal(a.state_dict()[key], before)
+    assert torch.equal(a.state_dict()[key], b.state_dict()[key])  # same k, same matrix
+    assert redraw_projections_if_due(a, 1992, 2000, every=1000, seed=3)
+    assert not torch.equal(a.state_dict()[key], b.state_dict()[key])
+    assert not redraw_projections_if_due(a, 0, 5000, every=0, seed=3)  # 0 = never
