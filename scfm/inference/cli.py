@@ -16,8 +16,24 @@ from rich.console import Console
 console = Console(width=None if sys.stdout.isatty() else 120)
 
 Pool = Annotated[
-    str, typer.Option(help="Pooled parts, comma-separated, in order: S,T,max,mean (or a subset).")
+    str,
+    typer.Option(
+        help="Pooled parts, comma-separated, in order: S,T,max,mean (or a subset); max_all = "
+        "the official pool_type max."
+    ),
 ]
+
+
+def _depth_option(value: str) -> str | float | None:
+    """CLI text → target depth: 'auto', 'S' (T = S), an official string, or a number."""
+    if value.lower() in ("auto",):
+        return "auto"
+    if value.upper() == "S":
+        return None
+    try:
+        return float(value)
+    except ValueError:
+        return value
 
 
 def embed_command(
@@ -35,13 +51,22 @@ def embed_command(
         str, typer.Option(help="Official checkpoint entry: cell/rde/gene.")
     ] = "cell",
     pool: Pool = "S,T,max,mean",
+    settings: Annotated[
+        str,
+        typer.Option(
+            help="auto (official for an official models.ckpt, else scfm), scfm, official."
+        ),
+    ] = "auto",
     target_depth: Annotated[
-        str | None,
-        typer.Option(help="T token: a log10 depth (4.0) or official t4 / f10 / a1; default T=S."),
-    ] = None,
+        str,
+        typer.Option(
+            help="T token: a log10 depth (4.0), official t4 / f10 / a1, S (T = S); auto: preset."
+        ),
+    ] = "auto",
     depth_total: Annotated[
-        str, typer.Option(help="Cell total from all_genes (scfm) or vocab_genes (official).")
-    ] = "all_genes",
+        str,
+        typer.Option(help="Cell total from all_genes (scfm) or vocab_genes (official); auto."),
+    ] = "auto",
     batch_size: Annotated[int, typer.Option(help="Cells per forward pass.")] = 64,
     max_tokens: Annotated[
         int | None,
@@ -50,7 +75,9 @@ def embed_command(
     block_cells: Annotated[int, typer.Option(help="Cells per Ray Data batch (per actor).")] = 2048,
     concurrency: Annotated[int, typer.Option(help="Model actors (one GPU each on GPU).")] = 1,
     device: Annotated[str, typer.Option(help="auto (CUDA if available), cpu or cuda.")] = "auto",
-    precision: Annotated[str, typer.Option(help="auto (bf16 on CUDA), fp32 or bf16.")] = "auto",
+    precision: Annotated[
+        str, typer.Option(help="auto (official: fp32; scfm: bf16 on CUDA), fp32 or bf16.")
+    ] = "auto",
     split: Annotated[str | None, typer.Option(help="Corpus split: train or val.")] = None,
     corpus_version: Annotated[int | None, typer.Option(help="Corpus version (newest).")] = None,
     layer: Annotated[str | None, typer.Option(help="h5ad layer with raw counts.")] = None,
@@ -77,7 +104,8 @@ def embed_command(
             model=model,
             variant=variant,
             pool=tuple(p.strip() for p in pool.split(",") if p.strip()),
-            target_depth=target_depth,
+            settings=settings,
+            target_depth=_depth_option(target_depth),
             depth_total=depth_total,
             batch_size=batch_size,
             max_tokens=max_tokens,

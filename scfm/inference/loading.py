@@ -195,6 +195,21 @@ def plain_types(d: Any) -> Any:
     return str(d)
 
 
+def is_official_spec(spec: str | Path | XTrimoGene) -> bool:
+    """Whether ``spec`` names an official scFoundation file (not an scfm checkpoint or URI).
+
+    Reads only the file's structure (``torch.load`` memory-maps the tensors).
+    """
+    if isinstance(spec, torch.nn.Module):
+        return False
+    text = str(spec)
+    path = Path(text).expanduser()
+    if text.startswith(MODEL_URI_SCHEMES) or not path.is_file():
+        return False
+    payload = load_weights_only(path)
+    return not (isinstance(payload, dict) and payload.get("format") == CHECKPOINT_FORMAT)
+
+
 def check_model_spec(spec: str | Path) -> None:
     """Fail early (on the driver) for a local model path that does not exist."""
     text = str(spec)

@@ -62,8 +62,9 @@ class EmbedJobConfig:
     source_kind: SourceKind = "auto"
     variant: str = "cell"
     pool: tuple[str, ...] = POOL_PARTS
-    target_depth: str | None = None
-    depth_total: str = "all_genes"
+    settings: str = "auto"  # official for an official checkpoint, else scfm (inference.settings)
+    target_depth: str | float | None = "auto"  # "auto": from settings; None: T = S
+    depth_total: str = "auto"
     batch_size: int = 64  # cells per forward pass
     max_tokens: int | None = None  # padded tokens per forward pass; None = device default
     block_cells: int = 2048  # cells per Ray Data batch handed to an actor
@@ -88,12 +89,17 @@ class EmbedJobConfig:
 
     def __post_init__(self) -> None:
         from scfm.inference.engine import check_pool
+        from scfm.inference.settings import resolve_settings
 
         self.pool = check_pool(self.pool)
-        if self.depth_total not in ("all_genes", "vocab_genes"):
-            raise ValueError(
-                f"depth_total must be 'all_genes' or 'vocab_genes', got {self.depth_total!r}"
-            )
+        # checks every setting early (the model kind is not known yet, so preset aside)
+        resolve_settings(
+            self.settings,  # type: ignore[arg-type]
+            official_model=False,
+            target_depth=self.target_depth,
+            depth_total=self.depth_total,
+            precision=self.precision,
+        )
         if self.source_kind not in ("auto", "corpus", "files"):
             raise ValueError(f"source_kind must be auto, corpus or files, got {self.source_kind!r}")
         for name in ("batch_size", "block_cells", "concurrency"):
@@ -342,13 +348,21 @@ def embed_dataset(cfg: EmbedJobConfig) -> EmbedJobResult:
     import ray.data
     from ray.data import DataContext
 
-    from scfm.inference.loading import check_model_spec
+    from scfm.inference.loading import check_model_spec, is_official_spec
     from scfm.inference.runtime import resolve_device
+    from scfm.inference.settings import resolve_settings
 
     out = Path(cfg.output)
     if out.exists() and any(out.iterdir()) and not cfg.overwrite:
         raise FileExistsError(f"{out} exists and is not empty; pass overwrite=True (--overwrite)")
     check_model_spec(cfg.model)
+    settings = resolve_settings(
+        cfg.settings,  # type: ignore[arg-type]
+        official_model=is_official_spec(cfg.model),
+        target_depth=cfg.target_depth,
+        depth_total=cfg.depth_total,
+        precision=cfg.precision,
+    )
     on_gpu = resolve_device(cfg.device).type == "cuda"
     if not ray.is_initialized():
         ray.init(address=cfg.ray_address, log_to_driver=False)
@@ -361,13 +375,13 @@ def embed_dataset(cfg: EmbedJobConfig) -> EmbedJobResult:
             "model": cfg.model,
             "variant": cfg.variant,
             "device": cfg.device,
-            "precision": cfg.precision,
+            "precision": settings.precision,
             "pool": cfg.pool,
-            "target_depth": cfg.target_depth,
+            "target_depth": settings.target_depth,
             "batch_size": cfg.batch_size,
             "max_tokens": cfg.max_tokens,
             "keep_columns": METADATA_COLUMNS,
-            "depth_total": cfg.depth_total,
+            "depth_total": settings.depth_total,
         },
         batch_size=cfg.block_cells,
         batch_format="pyarrow",
@@ -400,7 +414,7 @@ def embed_dataset(cfg: EmbedJobConfig) -> EmbedJobResult:
     result = EmbedJobResult(str(out), n_cells, dim, seconds, lineage["scfm.source_kind"])
     log.info("embedded %d cells in %.1f s (%.1f cells/s)", n_cells, seconds, result.cells_per_s)
     if cfg.mlflow:
-        _log_run(cfg, result, lineage, out)
+        _log_run(cfg, result, lineage, out, settings.record())
     return result
 
 
@@ -463,7 +477,11 @@ def read_embeddings(
 
 
 def _log_run(
-    cfg: EmbedJobConfig, result: EmbedJobResult, lineage: dict[str, str], out: Path
+    cfg: EmbedJobConfig,
+    result: EmbedJobResult,
+    lineage: dict[str, str],
+    out: Path,
+    settings: dict[str, Any],
 ) -> None:
     import mlflow
 
@@ -472,7 +490,7 @@ def _log_run(
 
     tags = {**lineage, "scfm.model": str(cfg.model), **cfg.tags}
     with start_run("embed", experiment=cfg.experiment, run_name=cfg.run_name, tags=tags) as run:
-        log_params_flat({"embed": cfg.to_dict()})
+        log_params_flat({"embed": cfg.to_dict(), "settings": settings})
         log_metrics(
             {
                 "n_cells": result.n_cells,

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 import scfm
-from scfm.inference.loading import load_model_with_info
+from scfm.inference.loading import is_official_spec, load_model_with_info
 from scfm.model import CheckpointError, export_official_state_dict
 from scfm.model.xtrimogene import XTrimoGene
 
@@ -41,6 +41,7 @@ def test_local_checkpoint_folder_and_file(tiny_model, tiny_checkpoint) -> None:
         model, info = load_model_with_info(spec, device="cpu")
         assert _same_weights(model, tiny_model) and not model.training
         assert info.kind == "scfm-checkpoint" and info.name == "tiny"
+        assert not is_official_spec(spec)
     same, info = load_model_with_info(tiny_model, device="cpu")
     assert same is tiny_model and info.kind == "in-memory"
 
@@ -95,6 +96,8 @@ def test_official_layout_file(tmp_path, tiny_model, kang) -> None:
     torch.save({"cell": entry, "gene": entry, "rde": entry}, tmp_path / "models.ckpt")
     model, info = load_model_with_info(tmp_path / "models.ckpt", variant="gene", device="cpu")
     assert info.kind == "official" and info.variant == "gene"
+    assert is_official_spec(tmp_path / "models.ckpt")  # what batch jobs resolve settings from
+    assert not is_official_spec("models:/scfm/1") and not is_official_spec(tmp_path)
     assert _same_weights(model, tiny_4x.eval())
     # official weights get the official settings by default (T = 4, vocabulary totals, fp32)
     out = scfm.embed(kang, str(tmp_path / "models.ckpt"), progress=False)
