@@ -112,8 +112,8 @@ def official_embed(model, X, totals, device) -> np.ndarray:
     """One cell per forward, as ``get_embedding.py --output_type cell --tgthighres f1``."""
     import torch
 
-    from scfm.inference.runtime import mha_fastpath
     from scfm.model.config import N_POS
+    from scfm.runtime import mha_fastpath
 
     out = []
     gene_ids = torch.arange(N_POS, device=device).unsqueeze(0)
@@ -140,8 +140,8 @@ def dense_embed(model, X, totals, device) -> np.ndarray:
     """One cell per forward with all 19,266 positions in the encoder (no packing)."""
     import torch
 
-    from scfm.inference.runtime import mha_fastpath
     from scfm.model.config import N_GENES, N_POS
+    from scfm.runtime import mha_fastpath
 
     out = []
     ids = torch.arange(N_POS, device=device).unsqueeze(0)

@@ -155,7 +155,6 @@ def evaluate_demo_model(cfg: DemoConfig, model_uri: str, console: Console):
 
 def run_demo(cfg: DemoConfig, console: Console) -> dict[str, str]:
     """All steps; returns what to look at (label → path, URI or command)."""
-    import ray
 
     cfg.out.mkdir(parents=True, exist_ok=True)
     if not os.environ.get("MLFLOW_TRACKING_URI"):
@@ -166,8 +165,9 @@ def run_demo(cfg: DemoConfig, console: Console) -> dict[str, str]:
     files = map_inputs(cfg, console)
 
     console.rule("[bold]2/4 corpus: Ray Data build (or refresh)")
-    if not ray.is_initialized():
-        ray.init(address=os.environ.get("RAY_ADDRESS"), log_to_driver=False)
+    from scfm.runtime import ensure_ray
+
+    ensure_ray()
     built = build_demo_corpus(cfg, console)
 
     console.rule(f"[bold]3/4 pretrain: {cfg.model} model, {cfg.pretrain_steps} steps, Ray Train")

@@ -49,6 +49,7 @@ from scfm.corpus.shards import (
 )
 from scfm.corpus.sources import DatasetRef, Source, WorkUnit
 from scfm.corpus.validate import DEFAULT_MIN_MAPPED_FRACTION
+from scfm.runtime import ensure_ray
 
 logger = logging.getLogger(__name__)
 
@@ -305,8 +306,7 @@ def _run_ray(
 ) -> list[dict]:
     import ray
 
-    if not ray.is_initialized():
-        ray.init(address=cfg.ray_address, log_to_driver=False)
+    ensure_ray(cfg.ray_address)
     from ray.data import DataContext
 
     DataContext.get_current().enable_progress_bars = cfg.progress

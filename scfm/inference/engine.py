@@ -17,16 +17,16 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from scfm.inference.runtime import (
+from scfm.model.config import N_GENES, S_POS, T_POS
+from scfm.model.rda import CellBatch, depth_token, prepare_inference
+from scfm.model.xtrimogene import XTrimoGene
+from scfm.runtime import (
     Precision,
     evaluating,
     inference_context,
     resolve_device,
     resolve_precision,
 )
-from scfm.model.config import N_GENES, S_POS, T_POS
-from scfm.model.rda import CellBatch, depth_token, prepare_inference
-from scfm.model.xtrimogene import XTrimoGene
 
 PoolPart = Literal["S", "T", "max", "mean", "max_all"]
 POOL_PARTS: tuple[PoolPart, ...] = ("S", "T", "max", "mean")  # the official pool_type="all"
@@ -144,7 +144,7 @@ class InferenceEngine:
         self, model: XTrimoGene, device: str | torch.device = "auto", precision: Precision = "auto"
     ) -> None:
         self.device = resolve_device(device)
-        self.dtype = resolve_precision(precision, self.device)
+        self._precision = resolve_precision(precision, self.device)
         self.model = model.to(self.device)
 
     @property
@@ -168,7 +168,7 @@ class InferenceEngine:
 
     @property
     def precision(self) -> str:
-        return "fp32" if self.dtype is None else "bf16"
+        return self._precision
 
     def _inputs(self, batch: Mapping[str, Any], depth: TargetDepth) -> CellBatch:
         cells = prepare_inference(batch, target_T=target_T(depth, batch_S(batch)))
@@ -187,7 +187,7 @@ class InferenceEngine:
         """
         cells = self._inputs(batch, depth)
         ids, vals, pad = cells.encoder_inputs()
-        with inference_context(self.device, self.dtype), evaluating(self.model):
+        with inference_context(self.device, self._precision), evaluating(self.model):
             h = self.model.encode(ids, vals, pad)  # (B, L, E)
             out = pool_states(h.float(), ids, pad, pool)
         return out.cpu().numpy()
@@ -208,7 +208,7 @@ class InferenceEngine:
         cells = self._inputs(batch, depth)
         ids, vals, pad = cells.encoder_inputs()
         masked = zero_mask(ids, pad) if mask_zeros else None
-        with inference_context(self.device, self.dtype), evaluating(self.model):
+        with inference_context(self.device, self._precision), evaluating(self.model):
             pred = self.model(ids, vals, pad, masked)  # (B, 19264); T is in the packed input
             if genes is not None:
                 pred = pred[:, torch.as_tensor(genes, device=pred.device, dtype=torch.long)]
@@ -220,7 +220,7 @@ class InferenceEngine:
         """``(B, G, D)`` float32 context gene embeddings (decoder states before the head)."""
         cells = self._inputs(batch, depth)
         ids, vals, pad = cells.encoder_inputs()
-        with inference_context(self.device, self.dtype), evaluating(self.model):
+        with inference_context(self.device, self._precision), evaluating(self.model):
             z = self.model.gene_embeddings(ids, vals, pad)  # (B, 19264, D)
             if genes is not None:
                 z = z[:, torch.as_tensor(genes, device=z.device, dtype=torch.long)]

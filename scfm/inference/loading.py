@@ -20,7 +20,6 @@ from typing import Any
 
 import torch
 
-from scfm.inference.runtime import resolve_device
 from scfm.model.checkpoint import (
     CHECKPOINT_FORMAT,
     WEIGHTS_FILE,
@@ -30,6 +29,7 @@ from scfm.model.checkpoint import (
     official_model,
 )
 from scfm.model.xtrimogene import XTrimoGene
+from scfm.runtime import resolve_device
 
 log = logging.getLogger(__name__)
 

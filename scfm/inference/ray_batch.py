@@ -32,6 +32,7 @@ import pyarrow as pa
 
 from scfm.corpus.harmonize import METADATA_COLUMNS
 from scfm.inference.engine import POOL_PARTS
+from scfm.runtime import ensure_ray
 
 log = logging.getLogger(__name__)
 
@@ -349,8 +350,8 @@ def embed_dataset(cfg: EmbedJobConfig) -> EmbedJobResult:
     from ray.data import DataContext
 
     from scfm.inference.loading import check_model_spec, is_official_spec
-    from scfm.inference.runtime import resolve_device
     from scfm.inference.settings import resolve_settings
+    from scfm.runtime import resolve_device
 
     out = Path(cfg.output)
     if out.exists() and any(out.iterdir()) and not cfg.overwrite:
@@ -364,8 +365,7 @@ def embed_dataset(cfg: EmbedJobConfig) -> EmbedJobResult:
         precision=cfg.precision,
     )
     on_gpu = resolve_device(cfg.device).type == "cuda"
-    if not ray.is_initialized():
-        ray.init(address=cfg.ray_address, log_to_driver=False)
+    ensure_ray(cfg.ray_address)
     DataContext.get_current().enable_progress_bars = cfg.progress
     t0 = time.perf_counter()
     ds, n_expected, lineage = build_dataset(cfg)

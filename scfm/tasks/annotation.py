@@ -24,7 +24,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from scfm.tasks.base import DataModule, HeadSpec, SplitName, autocast, resolve_device
+from scfm.runtime import autocast, resolve_device
+from scfm.tasks.base import DataModule, HeadSpec, SplitName
 from scfm.tasks.data import Split
 from scfm.tasks.metrics import classification_metrics
 

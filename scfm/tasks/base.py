@@ -18,7 +18,6 @@ folder that ``torch.load(weights_only=True)`` reads.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import logging
 import math
@@ -31,6 +30,8 @@ from typing import Any, Literal, Protocol
 import numpy as np
 import torch
 from torch import Tensor, nn
+
+from scfm.runtime import autocast, resolve_device
 
 logger = logging.getLogger(__name__)
 
@@ -49,22 +50,6 @@ TRAIN_DEFAULTS: dict[str, Any] = {
     "patience": 8,  # epochs without improvement of the head's metric before stopping
     "seed": 0,
 }
-
-
-def resolve_device(device: str | torch.device = "auto") -> torch.device:
-    """``auto`` → CUDA when available, else CPU."""
-    if isinstance(device, torch.device):
-        return device
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)
-
-
-def autocast(device: torch.device) -> contextlib.AbstractContextManager:
-    """bf16 autocast on CUDA (the backbone's matmuls), nothing on CPU."""
-    if device.type == "cuda":
-        return torch.autocast(device_type="cuda", dtype=torch.bfloat16)
-    return contextlib.nullcontext()
 
 
 @dataclass

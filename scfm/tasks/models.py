@@ -122,7 +122,7 @@ def briefly_pretrain(
     from tqdm.auto import tqdm
 
     from scfm.model.rda import RDAConfig, collate
-    from scfm.tasks.base import resolve_device
+    from scfm.runtime import resolve_device
     from scfm.train.loop import train_step
 
     dev = resolve_device(device)

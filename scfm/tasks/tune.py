@@ -30,6 +30,7 @@ from typing import Any, Literal
 
 import pandas as pd
 
+from scfm.runtime import ensure_ray
 from scfm.tasks.base import DataModule, Head, HeadSpec, fit_head, full_config, save_head
 from scfm.tracking import register_artifact
 
@@ -118,7 +119,6 @@ def run_sweep(
         Extra tags and parameters for the parent run (e.g. data set, backbone).
     """
     import mlflow
-    import ray
     from ray import tune
     from ray.air.integrations.mlflow import MLflowLoggerCallback
     from ray.tune.schedulers import ASHAScheduler
@@ -126,8 +126,7 @@ def run_sweep(
 
     from scfm.tracking import ensure_experiment, log_params_flat, start_run, tracking_uri
 
-    if not ray.is_initialized():
-        ray.init(address=os.environ.get("RAY_ADDRESS"), log_to_driver=False)
+    ensure_ray()
     # keeping only the best checkpoint forces a state snapshot per checkpoint; that is intended
     os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
     storage = Path(cfg.storage_path).resolve()

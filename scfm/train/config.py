@@ -26,6 +26,7 @@ import yaml
 
 from scfm.model.config import ModelConfig
 from scfm.model.rda import RDAConfig
+from scfm.runtime import Precision
 
 # A few steps of the tiny model: `--smoke-test` of `scfm pretrain` and workflows/pretrain.py.
 SMOKE_TEST_OVERRIDES: tuple[str, ...] = (
@@ -40,7 +41,6 @@ SMOKE_TEST_OVERRIDES: tuple[str, ...] = (
     "scale.num_workers=1",
 )
 
-Precision = Literal["auto", "fp32", "bf16"]
 Strategy = Literal["ddp", "fsdp"]
 
 

@@ -18,20 +18,7 @@ import torch
 from torch import nn
 
 from scfm.model.rda import CellBatch, RDAConfig, collate, masked_mse
-from scfm.train.config import Precision
-
-
-def resolve_precision(precision: Precision, device: torch.device) -> str:
-    """``auto`` → bf16 on CUDA (where it is fast and safe), fp32 elsewhere."""
-    if precision == "auto":
-        return "bf16" if device.type == "cuda" else "fp32"
-    return precision
-
-
-def autocast(device: torch.device, precision: str) -> contextlib.AbstractContextManager:
-    if precision == "bf16":
-        return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
-    return contextlib.nullcontext()
+from scfm.runtime import autocast
 
 
 @dataclass

@@ -9,12 +9,12 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from scfm.runtime import ensure_ray
 from scfm.train.config import PretrainConfig
 from scfm.train.ray_train import TRAIN_STATE_FILE, train_loop_per_worker
 
@@ -146,8 +146,7 @@ def run_pretraining(
     cfg = cfg.with_run_name()
     if not cfg.data.corpus:
         raise ValueError("no corpus: set data.corpus (a directory built by `scfm corpus build`)")
-    if not ray.is_initialized():
-        ray.init(address=os.environ.get("RAY_ADDRESS"), log_to_driver=False)
+    ensure_ray()
     check_cpu_budget(cfg, ray.cluster_resources().get("CPU", 0))
     resume_from = None
     if resume:

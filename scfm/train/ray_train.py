@@ -20,11 +20,11 @@ import torch
 
 from scfm.model.checkpoint import read_checkpoint, save_checkpoint
 from scfm.model.xtrimogene import XTrimoGene
+from scfm.runtime import resolve_precision
 from scfm.train.config import PretrainConfig
 from scfm.train.loop import (
     micro_batches,
     redraw_projections_if_due,
-    resolve_precision,
     train_step,
     training_state,
     validation_metrics,
