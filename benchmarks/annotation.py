@@ -35,7 +35,7 @@ import pandas as pd
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout
 
 from scfm import datasets  # noqa: E402
-from scfm.tasks.data import SplitConfig  # noqa: E402
+from scfm.tasks.labelled import SplitConfig  # noqa: E402
 
 DATASETS = {
     "kang2018 (ctrl→stim)": (
@@ -52,8 +52,8 @@ def pretrain_on_both(steps: int, batch_size: int, seed: int):
     """The tiny preset pretrained on Kang + pbmc68k cells (no labels) in this process."""
     import scipy.sparse as sp
 
-    from scfm.genes import GeneVocab
-    from scfm.io import read_counts
+    from scfm.data.genes import GeneVocab
+    from scfm.data.io import read_counts
     from scfm.tasks.models import briefly_pretrain
 
     vocab = GeneVocab.load()

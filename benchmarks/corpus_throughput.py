@@ -126,11 +126,11 @@ def block_breakdown(block_cells: int, workdir: Path) -> list[tuple[str, float, f
     import pyarrow.parquet as pq
 
     from scfm.corpus import synthetic
-    from scfm.corpus.harmonize import CellBlock, gene_mapping, map_block, pack_block
+    from scfm.corpus.harmonize import CellBlock, map_block, pack_block
     from scfm.corpus.qc import QCConfig
     from scfm.corpus.shards import ROW_GROUP_CELLS, write_shards
-    from scfm.corpus.validate import check_counts
-    from scfm.genes import GeneVocab
+    from scfm.data.genes import GeneVocab, gene_mapping
+    from scfm.data.validate import check_counts
 
     pool = synthetic.load_pool()
     k, p = synthetic.calibrate(pool, 2000)

@@ -58,7 +58,7 @@ def load_cells(args: dict):
     """``(X, totals)``: vocabulary CSR counts and each cell's total (vocabulary genes)."""
     import scipy.sparse as sp
 
-    from scfm.genes import N_GENES
+    from scfm.data.genes import N_GENES
 
     if args.get("synthetic_nnz"):
         rng = np.random.default_rng(0)
@@ -69,8 +69,8 @@ def load_cells(args: dict):
         X = sp.csr_matrix((data, indices, indptr), shape=(n, N_GENES))
     else:
         from scfm import datasets
-        from scfm.genes import GeneVocab
-        from scfm.io import read_counts
+        from scfm.data.genes import GeneVocab
+        from scfm.data.io import read_counts
 
         adata = read_counts(datasets.fetch("kang2018"))
         X = GeneVocab.load().map(adata.var_names).apply(adata.X).astype(np.float32)

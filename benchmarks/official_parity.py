@@ -34,10 +34,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a check
 
 import scfm  # noqa: E402
 from scfm import datasets  # noqa: E402
-from scfm.genes import GeneVocab  # noqa: E402
+from scfm.data.genes import GeneVocab  # noqa: E402
+from scfm.data.io import read_counts  # noqa: E402
+from scfm.data.prepare import prepare  # noqa: E402
 from scfm.inference.engine import InferenceEngine  # noqa: E402
-from scfm.inference.inputs import prepare  # noqa: E402
-from scfm.io import read_counts  # noqa: E402
 from scfm.model import performer  # noqa: E402
 from tests.official_reference import (  # noqa: E402
     load_official,

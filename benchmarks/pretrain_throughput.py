@@ -59,16 +59,16 @@ def loader_cells_per_s(corpus: str, batch_size: int) -> tuple[float, float]:
     """
     import numpy as np
 
-    from scfm.corpus.loader import pack
+    from scfm.data.packed import PackedCells
     from scfm.model.rda import RDAConfig, collate
-    from scfm.train.data import corpus_splits
+    from scfm.train.corpus_data import corpus_splits
 
     ds = corpus_splits(corpus)["train"]
     rng, rda = np.random.default_rng(0), RDAConfig()
     cells = tokens = 0
     start = None
     for table in ds.iter_batches(batch_size=batch_size, batch_format="pyarrow"):
-        batch = collate(pack(table), rda, rng)
+        batch = collate(PackedCells.from_arrow(table), rda, rng)
         if start is None:  # first batch: start-up done
             start = time.perf_counter()
             continue

@@ -34,8 +34,8 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout
 
 from scfm import datasets  # noqa: E402
-from scfm.genes import GeneVocab  # noqa: E402
-from scfm.io import read_counts  # noqa: E402
+from scfm.data.genes import GeneVocab  # noqa: E402
+from scfm.data.io import read_counts  # noqa: E402
 from scfm.model.config import ModelConfig  # noqa: E402
 from scfm.model.rda import RDAConfig, collate  # noqa: E402
 from scfm.model.xtrimogene import XTrimoGene  # noqa: E402

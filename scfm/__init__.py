@@ -7,27 +7,23 @@ not import torch)::
     scfm.gene_embeddings(adata, model, cells=...)
     scfm.enhance(adata, model, fold=10)  # adata.layers["scfm_enhanced"]
     scfm.load_model("models:/name/1")
+    prepared = scfm.prepare(adata)      # validate + map genes once, then pass it to the above
 """
 
 from __future__ import annotations
 
-from typing import Any
-
 __version__ = "0.1.0"
 
-_LAZY = {
-    "embed": "scfm.inference.embed",
-    "gene_embeddings": "scfm.inference.genes",
-    "enhance": "scfm.inference.enhance",
-    "load_model": "scfm.inference.loading",
-}
+from scfm import _lazy  # noqa: E402  (after __version__, which setuptools reads)
 
-__all__ = ["__version__", *sorted(_LAZY)]
-
-
-def __getattr__(name: str) -> Any:
-    if name in _LAZY:
-        import importlib
-
-        return getattr(importlib.import_module(_LAZY[name]), name)
-    raise AttributeError(f"module 'scfm' has no attribute {name!r}")
+_lazy.install(
+    __name__,
+    {
+        "embed": "scfm.inference.embed",
+        "gene_embeddings": "scfm.inference.gene_embeddings",
+        "enhance": "scfm.inference.enhance",
+        "load_model": "scfm.inference.loading",
+        "prepare": "scfm.data.prepare",
+    },
+)
+__all__ = ["__version__", *__all__]  # noqa: F821 (set by _lazy.install)

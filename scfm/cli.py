@@ -73,7 +73,7 @@ def genes_map(
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of text.")] = False,
 ) -> None:
     """Map an input's genes onto the vocabulary and validate its counts."""
-    from scfm.report import summarize_input
+    from scfm.data.report import summarize_input
 
     summary = summarize_input(
         path.name,

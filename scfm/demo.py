@@ -58,8 +58,8 @@ def resolve(resource: str) -> Path:
 
 def map_inputs(cfg: DemoConfig, console: Console) -> dict[str, Path]:
     """Step 1: validation and gene-mapping report of every example input."""
-    from scfm.genes import GeneVocab
-    from scfm.report import mapping_table, summarize_input, write_report
+    from scfm.data.genes import GeneVocab
+    from scfm.data.report import mapping_table, summarize_input, write_report
 
     vocab = GeneVocab.load()
     summaries = []
@@ -130,8 +130,8 @@ def pretrain_demo_model(cfg: DemoConfig, corpus: str):
 
 def evaluate_demo_model(cfg: DemoConfig, model_uri: str, console: Console):
     """Step 4: annotation with the demo model vs a random-init control and the baselines."""
-    from scfm.tasks.data import SplitConfig
     from scfm.tasks.evaluate import EvaluateConfig, evaluate_annotation
+    from scfm.tasks.labelled import SplitConfig
 
     result = evaluate_annotation(
         EvaluateConfig(

@@ -2,24 +2,17 @@
 
 from __future__ import annotations
 
-import numpy as np
 import pytest
 
 from scfm import datasets
-from scfm.genes import GeneVocab
-from scfm.io import read_counts
+from scfm.data.genes import GeneVocab
+from scfm.data.io import read_counts
+from scfm.data.packed import PackedCells
 
 
-def pack_rows(X) -> dict[str, np.ndarray]:
-    """Packed loader batch (the corpus loader's contract) from a cells × 19,264 CSR matrix."""
-    X = X.tocsr()
-    X.sort_indices()
-    return {
-        "gene_idx": X.indices.astype(np.int32),
-        "counts": X.data.astype(np.float32),
-        "offsets": X.indptr.astype(np.int64),
-        "total_counts": np.asarray(X.sum(axis=1), dtype=np.float64).ravel(),
-    }
+def pack_rows(X, total_counts=None) -> PackedCells:
+    """Packed cells from a cells × 19,264 CSR matrix (totals: its row sums unless given)."""
+    return PackedCells.from_csr(X, total_counts)
 
 
 @pytest.fixture(scope="session")

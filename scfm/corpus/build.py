@@ -32,7 +32,7 @@ import numpy as np
 
 from scfm import __version__
 from scfm.corpus import manifest as mf
-from scfm.corpus.harmonize import SCHEMA, gene_mapping, map_block, pack_block
+from scfm.corpus.harmonize import SCHEMA, map_block, pack_block
 from scfm.corpus.qc import DROP_REASONS, QCConfig
 from scfm.corpus.shards import (
     TMP_MARK,
@@ -48,7 +48,8 @@ from scfm.corpus.shards import (
     write_shards,
 )
 from scfm.corpus.sources import DatasetRef, Source, WorkUnit
-from scfm.corpus.validate import DEFAULT_MIN_MAPPED_FRACTION
+from scfm.data.genes import gene_mapping
+from scfm.data.validate import DEFAULT_MIN_MAPPED_FRACTION
 from scfm.runtime import ensure_ray
 
 logger = logging.getLogger(__name__)
@@ -204,8 +205,8 @@ def process_unit(source: Source, unit: WorkUnit, fp: str, ctx: UnitContext) -> d
     Never raises for bad input: failures come back as ``status="error"`` with the stage and the
     message, and the data set is quarantined by the driver.
     """
-    from scfm.corpus.validate import check_species
-    from scfm.genes import GeneVocab
+    from scfm.data.genes import GeneVocab
+    from scfm.data.validate import check_species
 
     fs, root = resolve(ctx.output)
     key = unit_key(unit, fp, ctx.block_cells)
@@ -385,7 +386,7 @@ def build_corpus(cfg: BuildConfig) -> BuildResult:
         The committed manifest, its path, and the exit code (1 only with ``strict`` and a
         quarantined input).
     """
-    from scfm.genes import GeneVocab
+    from scfm.data.genes import GeneVocab
 
     t_start = time.perf_counter()
     names = [s.name for s in cfg.sources]
@@ -566,7 +567,7 @@ def build_corpus(cfg: BuildConfig) -> BuildResult:
         unit_results=results,
     )
     if cfg.mlflow:
-        from scfm.corpus.report import log_build
+        from scfm.corpus.build_report import log_build
 
         result.mlflow_run_id = log_build(result, cfg)
     return result

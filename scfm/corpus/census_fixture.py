@@ -240,7 +240,7 @@ def _source_obs(spec: FixtureDataset, obs: pd.DataFrame) -> pd.DataFrame:
 
 
 def _load_part(spec: FixtureDataset) -> _Part:
-    from scfm.io import read_counts
+    from scfm.data.io import read_counts
 
     adata = read_counts(datasets.fetch(spec.resource))
     if spec.obs_filter is not None:

@@ -10,7 +10,6 @@ import hashlib
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from functools import lru_cache
 
 import numpy as np
 import pandas as pd
@@ -19,8 +18,8 @@ import scipy.sparse as sp
 
 from scfm.corpus.qc import CellStats, QCConfig, count_reasons, drop_reasons
 from scfm.corpus.relabel import RelabelledRows, relabel_rows
-from scfm.corpus.validate import InputValidationError, check_counts
-from scfm.genes import N_GENES, GeneMapping, GeneVocab
+from scfm.data.genes import N_GENES, GeneMapping
+from scfm.data.validate import InputValidationError, check_counts
 
 logger = logging.getLogger(__name__)
 
@@ -93,16 +92,6 @@ class HarmonizedBlock:
     kept: np.ndarray  # boolean mask over the input cells
 
 
-@lru_cache(maxsize=8)
-def _mapping_cached(vocab: GeneVocab, genes: tuple[str, ...]) -> GeneMapping:
-    return vocab.map(genes)
-
-
-def gene_mapping(vocab: GeneVocab, gene_ids: Sequence[str]) -> GeneMapping:
-    """Vocabulary mapping of a gene list, cached per process (sources repeat the same var)."""
-    return _mapping_cached(vocab, tuple(str(g) for g in gene_ids))
-
-
 @dataclass(frozen=True)
 class _Lookup:
     labels: np.ndarray  # per input gene: vocabulary index or -1 (int32)
@@ -136,7 +125,7 @@ def map_block(X: sp.csr_matrix, mapping: GeneMapping) -> tuple[RelabelledRows, C
     ------
     InputValidationError
         Empty or non-numeric matrix; negative, fractional, NaN or infinite values (the message
-        of :func:`scfm.corpus.validate.check_counts`, which names the likely cause and the fix).
+        of :func:`scfm.data.validate.check_counts`, which names the likely cause and the fix).
     """
     if not isinstance(X, sp.csr_matrix):
         X = sp.csr_matrix(X)

@@ -1,19 +1,12 @@
-"""Read a corpus version and yield model-ready packed batches, never densifying cells.
+"""Read a corpus version and yield packed cells (:class:`~scfm.data.packed.PackedCells`).
 
-A packed batch (the input of :func:`scfm.model.rda.collate`) is a dict::
-
-    gene_idx      (nnz,)  int32    sorted vocabulary indices of each cell's nonzero genes
-    counts        (nnz,)  float32  raw counts aligned with gene_idx
-    offsets       (B+1,)  int64    CSR row pointers
-    total_counts  (B,)    float64  each cell's total before vocabulary restriction
-    cell_id       list[str]
-
-built straight from the Arrow list columns' values and offsets (no per-cell Python loop).
+Batches are built straight from the Arrow list columns' values and offsets (no per-cell Python
+loop, never a dense cells × 19,264 matrix).
 
 Two readers: :meth:`Corpus.iter_batches` (plain pyarrow, one process, streams row groups) and
 :meth:`Corpus.ray_dataset` (``ray.data.read_parquet`` over the manifest's shards, for Ray Train;
-turn its pyarrow batches into packed batches with :func:`pack` or :func:`iter_ray_batches`).
-Both read only the shards listed in the chosen manifest.
+turn its pyarrow batches into packed cells with ``PackedCells.from_arrow`` or
+:func:`iter_ray_batches`). Both read only the shards listed in the chosen manifest.
 """
 
 from __future__ import annotations
@@ -22,7 +15,6 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
-import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.fs as pafs
@@ -30,34 +22,16 @@ import pyarrow.parquet as pq
 
 from scfm.corpus import manifest as mf
 from scfm.corpus.shards import join, resolve
+from scfm.data.packed import PackedCells
 
 Split = Literal["train", "val"]
 MODEL_COLUMNS = ("cell_id", "gene_idx", "counts", "total_counts")
 
 
-def pack(table: pa.Table | pa.RecordBatch) -> dict[str, Any]:
-    """Packed model batch from rows of the corpus schema (see the module docstring)."""
-    if isinstance(table, pa.RecordBatch):
-        table = pa.Table.from_batches([table])
-    gi = table.column("gene_idx").combine_chunks()
-    ct = table.column("counts").combine_chunks()
-    offsets = gi.offsets.to_numpy().astype(np.int64)
-    if not np.array_equal(ct.offsets.to_numpy(), offsets):
-        raise ValueError("gene_idx and counts lists are not aligned")
-    offsets = offsets - offsets[0]
-    return {
-        "gene_idx": pc.list_flatten(gi).to_numpy(zero_copy_only=False).astype(np.int32),
-        "counts": pc.list_flatten(ct).to_numpy(zero_copy_only=False).astype(np.float32, copy=False),
-        "offsets": offsets,
-        "total_counts": table.column("total_counts").to_numpy().astype(np.float64, copy=False),
-        "cell_id": table.column("cell_id").to_pylist(),
-    }
-
-
-def iter_ray_batches(ds: Any, batch_size: int, **kwargs: Any) -> Iterator[dict[str, Any]]:
-    """Packed batches from a Ray Dataset of corpus rows (``ds.iter_batches`` in pyarrow)."""
+def iter_ray_batches(ds: Any, batch_size: int, **kwargs: Any) -> Iterator[PackedCells]:
+    """Packed cells from a Ray Dataset of corpus rows (``ds.iter_batches`` in pyarrow)."""
     for batch in ds.iter_batches(batch_size=batch_size, batch_format="pyarrow", **kwargs):
-        yield pack(batch)
+        yield PackedCells.from_arrow(batch)
 
 
 @dataclass
@@ -118,10 +92,10 @@ class Corpus:
 
     def iter_batches(
         self, batch_size: int = 256, *, split: Split | None = None
-    ) -> Iterator[dict[str, Any]]:
-        """Packed model batches (single process, plain pyarrow)."""
+    ) -> Iterator[PackedCells]:
+        """Packed cells in shard order (single process, plain pyarrow)."""
         for t in self.iter_tables(split=split, columns=MODEL_COLUMNS, batch_size=batch_size):
-            yield pack(t)
+            yield PackedCells.from_arrow(t)
 
     def read_table(self, *, split: Split | None = None, columns: Sequence[str] | None = None):
         """The whole version as one Arrow table (small corpora, tests)."""

@@ -359,7 +359,7 @@ def file_sha256(path: str | Path, chunk: int = 8 << 20) -> str:
 
 
 def _detect(path: Path) -> FileFormat | None:
-    from scfm.io import detect_format
+    from scfm.data.io import detect_format
 
     try:
         return detect_format(path)
@@ -434,7 +434,7 @@ class FileSource(Source):
             info["format"] = fmt
             try:
                 n_cells, obs_ids = self._open_names(p)
-                from scfm.corpus.validate import check_names
+                from scfm.data.validate import check_names
 
                 check_names(obs_ids, "cell")
             except Exception as exc:  # noqa: BLE001 - any open failure quarantines the file
@@ -449,7 +449,7 @@ class FileSource(Source):
         return adata.n_obs, adata.obs_names.to_numpy(dtype=str)
 
     def _load(self, path: Path, *, whole: bool):
-        from scfm.io import read_counts
+        from scfm.data.io import read_counts
 
         key = (str(path), os.path.getmtime(path), self.layer, self.genome, os.getpid())
         adata = _FILE_CACHE.get(key)

@@ -126,7 +126,7 @@ def embed_command(
         )
     except ValueError as exc:
         raise typer.BadParameter(str(exc)) from None
-    from scfm.corpus.validate import InputValidationError
+    from scfm.data.validate import InputValidationError
     from scfm.model.checkpoint import CheckpointError
 
     try:

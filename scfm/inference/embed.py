@@ -17,7 +17,7 @@ A model read from an official scFoundation ``models.ckpt`` gets the official set
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
@@ -25,7 +25,9 @@ import scipy.sparse as sp
 import torch
 from tqdm.auto import tqdm
 
-from scfm.corpus.validate import DEFAULT_MIN_MAPPED_FRACTION
+from scfm.data.packed import N_GENES, PackedCells
+from scfm.data.prepare import DEFAULT_BLOCK_ROWS, ModelBlock, counts_block
+from scfm.data.validate import DEFAULT_MIN_MAPPED_FRACTION
 from scfm.inference.batching import length_sorted_batches
 from scfm.inference.engine import (
     POOL_PARTS,
@@ -35,10 +37,8 @@ from scfm.inference.engine import (
     check_pool,
     depth_rows,
 )
-from scfm.inference.inputs import DEFAULT_BLOCK_ROWS, ModelBlock, counts_block
 from scfm.inference.pipeline import ModelSpec, start_run, store_record
 from scfm.inference.settings import AUTO
-from scfm.model.config import N_GENES
 
 log = logging.getLogger(__name__)
 
@@ -72,7 +72,7 @@ def embed(
     adata
         AnnData with raw counts in ``X`` (or ``layer``); dense, sparse or backed
         (``anndata.read_h5ad(path, backed="r")``). Gene ids: symbols or Ensembl ids. Or a
-        :class:`~scfm.inference.inputs.PreparedInput` from :func:`scfm.inference.prepare`.
+        :class:`~scfm.data.prepare.PreparedInput` from :func:`scfm.inference.prepare`.
     model
         An :class:`~scfm.model.XTrimoGene`, a checkpoint folder/file, an official
         ``models.ckpt`` or an MLflow URI ``models:/name/version`` (see :func:`load_model`).
@@ -212,22 +212,6 @@ def embed_csr(
     return embed_block(engine, counts_block(X, total_counts), **kwargs)
 
 
-def embed_loader_batch(
-    engine: InferenceEngine, batch: Mapping[str, Any], **kwargs: Any
-) -> np.ndarray:
-    """:func:`embed_csr` for a packed loader batch (``gene_idx``, ``counts``, ``offsets``, …)."""
-    X = loader_batch_to_csr(batch)
-    return embed_csr(engine, X, np.asarray(batch["total_counts"], dtype=np.float64), **kwargs)
-
-
-def loader_batch_to_csr(batch: Mapping[str, Any]) -> sp.csr_matrix:
-    """The ``B × 19264`` CSR of a packed loader batch (no copy of the arrays where possible)."""
-    offsets = np.asarray(batch["offsets"], dtype=np.int64)
-    return sp.csr_matrix(
-        (
-            np.asarray(batch["counts"], dtype=np.float32),
-            np.asarray(batch["gene_idx"], dtype=np.int32),
-            offsets,
-        ),
-        shape=(offsets.size - 1, N_GENES),
-    )
+def embed_packed(engine: InferenceEngine, cells: PackedCells, **kwargs: Any) -> np.ndarray:
+    """:func:`embed_csr` for packed cells (e.g. a corpus loader batch)."""
+    return embed_csr(engine, cells.to_csr(), cells.total_counts, **kwargs)

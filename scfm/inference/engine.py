@@ -10,15 +10,16 @@ from __future__ import annotations
 
 import math
 import re
-from collections.abc import Mapping, Sequence
-from typing import Any, Literal
+from collections.abc import Sequence
+from typing import Literal
 
 import numpy as np
 import torch
 from torch import Tensor
 
+from scfm.data.packed import NormalizedCells, PackedCells, depth_token
 from scfm.model.config import N_GENES, S_POS, T_POS
-from scfm.model.rda import CellBatch, depth_token, prepare_inference
+from scfm.model.rda import CellBatch, prepare_inference
 from scfm.model.xtrimogene import XTrimoGene
 from scfm.runtime import (
     Precision,
@@ -90,11 +91,14 @@ def depth_rows(spec: TargetDepth, rows: np.ndarray | slice) -> TargetDepth:
     return spec[rows] if isinstance(spec, np.ndarray) else spec
 
 
-def batch_S(batch: Mapping[str, Any]) -> np.ndarray:
-    """S tokens of a batch: given (model-scale batches) or from ``total_counts`` (raw counts)."""
-    if "S" in batch:
-        return np.asarray(batch["S"], dtype=np.float64).reshape(-1)
-    return depth_token(np.asarray(batch["total_counts"], dtype=np.float64))
+Cells = PackedCells | NormalizedCells
+
+
+def batch_S(cells: Cells) -> np.ndarray:
+    """S tokens of a batch: given (normalized cells) or from the totals (raw counts)."""
+    if isinstance(cells, NormalizedCells):
+        return cells.S.astype(np.float64)
+    return depth_token(cells.total_counts)
 
 
 def pool_states(
@@ -170,20 +174,20 @@ class InferenceEngine:
     def precision(self) -> str:
         return self._precision
 
-    def _inputs(self, batch: Mapping[str, Any], depth: TargetDepth) -> CellBatch:
+    def _inputs(self, batch: Cells, depth: TargetDepth) -> CellBatch:
         cells = prepare_inference(batch, target_T=target_T(depth, batch_S(batch)))
         return cells.to(self.device, non_blocking=True)
 
     def embed(
         self,
-        batch: Mapping[str, Any],
+        batch: Cells,
         pool: Sequence[PoolPart] = POOL_PARTS,
         depth: TargetDepth = None,
     ) -> np.ndarray:
         """``(B, len(pool) · E)`` float32 cell embeddings of a batch (encoder only).
 
-        ``batch``: raw counts (``gene_idx``, ``counts``, ``offsets``, ``total_counts``) or
-        model-scale values (``gene_idx``, ``values``, ``offsets``, ``S``).
+        ``batch``: raw counts (:class:`PackedCells`) or model-scale values
+        (:class:`NormalizedCells`).
         """
         cells = self._inputs(batch, depth)
         ids, vals, pad = cells.encoder_inputs()
@@ -194,7 +198,7 @@ class InferenceEngine:
 
     def predict(
         self,
-        batch: Mapping[str, Any],
+        batch: Cells,
         depth: TargetDepth = None,
         genes: np.ndarray | None = None,
         mask_zeros: bool = False,
@@ -215,7 +219,7 @@ class InferenceEngine:
         return pred.float().cpu().numpy()
 
     def gene_embeddings(
-        self, batch: Mapping[str, Any], genes: np.ndarray | None = None, depth: TargetDepth = None
+        self, batch: Cells, genes: np.ndarray | None = None, depth: TargetDepth = None
     ) -> np.ndarray:
         """``(B, G, D)`` float32 context gene embeddings (decoder states before the head)."""
         cells = self._inputs(batch, depth)

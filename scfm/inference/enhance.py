@@ -22,9 +22,9 @@ import scipy.sparse as sp
 import torch
 from tqdm.auto import tqdm
 
-from scfm.corpus.validate import DEFAULT_MIN_MAPPED_FRACTION, iter_row_blocks
+from scfm.data.prepare import DEFAULT_BLOCK_ROWS, SCALE, PreparedInput
+from scfm.data.validate import DEFAULT_MIN_MAPPED_FRACTION, iter_row_blocks
 from scfm.inference.batching import length_sorted_batches
-from scfm.inference.inputs import DEFAULT_BLOCK_ROWS, SCALE, PreparedInput
 from scfm.inference.pipeline import ModelSpec, start_run, store_record
 from scfm.inference.settings import AUTO
 
@@ -83,7 +83,7 @@ def enhance(
     ----------
     adata
         In-memory AnnData with raw counts in ``X`` (or ``layer``), or a
-        :class:`~scfm.inference.inputs.PreparedInput` of one.
+        :class:`~scfm.data.prepare.PreparedInput` of one.
     model
         Model or spec (see :func:`scfm.inference.load_model`); official files use ``variant``.
     target_total

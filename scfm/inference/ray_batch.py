@@ -16,6 +16,7 @@ read. Output appears atomically: it is written to a temporary sibling folder and
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
 import re
@@ -157,18 +158,16 @@ class CellEmbedder:
         self.depth_total = depth_total
 
     def __call__(self, table: pa.Table) -> pa.Table:
-        from scfm.corpus.loader import pack
-        from scfm.inference.embed import embed_loader_batch
+        from scfm.data.packed import PackedCells
+        from scfm.inference.embed import embed_packed
 
-        batch = pack(table)
+        cells = PackedCells.from_arrow(table)
         if self.depth_total == "vocab_genes":  # the official convention: vocabulary genes only
-            rows = np.repeat(np.arange(table.num_rows), np.diff(batch["offsets"]))
-            batch["total_counts"] = np.bincount(
-                rows, weights=batch["counts"], minlength=table.num_rows
-            )
-        emb = embed_loader_batch(
+            totals = np.bincount(cells.rows(), weights=cells.counts, minlength=cells.n_cells)
+            cells = dataclasses.replace(cells, total_counts=totals)
+        emb = embed_packed(
             self.engine,
-            batch,
+            cells,
             batch_size=self.batch_size,
             pool=self.pool,
             target_depth=self.target_depth,
@@ -210,7 +209,7 @@ def _read_unit_batch(batch: dict, source_config: dict, min_mapped_fraction: floa
     import json
 
     from scfm.corpus.sources import WorkUnit, source_from_config
-    from scfm.corpus.validate import InputValidationError, check_counts
+    from scfm.data.validate import InputValidationError, check_counts
 
     source = source_from_config(source_config)
     tables = []
@@ -229,8 +228,7 @@ def _read_unit_batch(batch: dict, source_config: dict, min_mapped_fraction: floa
 def _block_rows(source_name: str, dataset_id: str, block) -> pa.Table:
     import scipy.sparse as sp
 
-    from scfm.corpus.harmonize import gene_mapping
-    from scfm.genes import GeneVocab
+    from scfm.data.genes import GeneVocab, gene_mapping
 
     mapping = gene_mapping(GeneVocab.load(), block.gene_ids)
     mapped = mapping.apply(block.X)  # cells × 19,264, sorted indices, no explicit zeros
@@ -250,9 +248,8 @@ def _block_rows(source_name: str, dataset_id: str, block) -> pa.Table:
 
 def _plan_files(cfg: EmbedJobConfig) -> tuple[Any, list[Any], int]:
     """The file source, its work units and the number of cells; checks genes before any work."""
-    from scfm.corpus.harmonize import gene_mapping
-    from scfm.corpus.validate import InputValidationError, check_names, check_species
-    from scfm.genes import GeneVocab
+    from scfm.data.genes import GeneVocab, gene_mapping
+    from scfm.data.validate import InputValidationError, check_names, check_species
 
     path = Path(cfg.source)
     source = _file_source(path, cfg.layer)
@@ -423,9 +420,9 @@ def _user_error(exc: BaseException) -> Exception | None:
 
     Ray Data reports a failed task as ``RayTaskError(UserCodeException)`` whose message carries
     the remote traceback; the original exception object does not travel. Its last line
-    (``scfm.corpus.validate.InputValidationError: <message>``) is what the user needs.
+    (``scfm.data.validate.InputValidationError: <message>``) is what the user needs.
     """
-    from scfm.corpus.validate import InputValidationError
+    from scfm.data.validate import InputValidationError
     from scfm.model.checkpoint import CheckpointError, OfficialCheckpointError
 
     classes = {

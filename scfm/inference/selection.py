@@ -7,7 +7,7 @@ from typing import Any
 
 import numpy as np
 
-from scfm.genes import GeneVocab
+from scfm.data.genes import GeneVocab
 
 
 def cell_indices(adata, cells: Any = None) -> np.ndarray:

@@ -40,14 +40,14 @@ import logging
 from dataclasses import asdict, dataclass
 from typing import Any, Literal
 
+from scfm.data.prepare import DepthTotal, GeneMatching, InputMode, check_input_mode
+from scfm.runtime import Precision
+
 log = logging.getLogger(__name__)
 
 SettingsPreset = Literal["auto", "scfm", "official"]
-DepthTotal = Literal["all_genes", "vocab_genes"]
-GeneMatching = Literal["standard", "exact"]
-InputMode = Literal["counts", "T", "A", "bulk"]
-Precision = Literal["auto", "fp32", "bf16"]
 AUTO = "auto"
+
 
 PRESETS: dict[str, dict[str, Any]] = {
     "scfm": {
@@ -63,29 +63,6 @@ PRESETS: dict[str, dict[str, Any]] = {
         "gene_matching": "standard",
     },
 }
-
-_MODE_ALIASES: dict[Any, InputMode] = {
-    None: "counts",
-    False: "counts",
-    "F": "counts",
-    "counts": "counts",
-    "T": "T",
-    True: "T",
-    "A": "A",
-    "bulk": "bulk",
-}
-
-
-def check_input_mode(pre_normalized: Any) -> InputMode:
-    """``None``/``"F"`` → ``counts``; ``"T"``, ``"A"``, ``"bulk"`` as they are."""
-    try:
-        return _MODE_ALIASES[pre_normalized]
-    except (KeyError, TypeError):
-        raise ValueError(
-            f"pre_normalized={pre_normalized!r} not understood: use None (raw counts), 'T' "
-            "(log1p-normalized values), 'A' (normalized values + per-cell totals in obs) or "
-            "'bulk' (bulk RNA-seq counts or TPM)"
-        ) from None
 
 
 @dataclass(frozen=True)

@@ -39,7 +39,7 @@ from scfm.model.config import (
 from scfm.model.decoder import Decoder, ExactAttention
 from scfm.model.embedding import AutoDiscretization
 from scfm.model.encoder import Encoder
-from scfm.model.packing import gather_from_positions, pack, scatter_to_positions, unpack
+from scfm.model.packing import from_padded, gather_from_positions, scatter_to_positions, to_padded
 from scfm.model.params import parameter_counts
 from scfm.model.performer import FastAttention, linear_attention, softmax_kernel
 from scfm.model.rda import CellBatch, RDAConfig, collate, masked_mse, prepare_inference
@@ -74,11 +74,11 @@ __all__ = [
     "load_checkpoint",
     "load_official_checkpoint",
     "masked_mse",
-    "pack",
+    "to_padded",
     "parameter_counts",
     "prepare_inference",
     "save_checkpoint",
     "scatter_to_positions",
     "softmax_kernel",
-    "unpack",
+    "from_padded",
 ]

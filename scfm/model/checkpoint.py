@@ -53,13 +53,13 @@ class GeneVocabularyMismatchError(CheckpointError):
 
 
 def gene_checksum(genes: Sequence[str]) -> str:
-    """sha256 of the ordered gene names (same recipe as ``scfm.genes.GeneVocab.checksum``)."""
+    """sha256 of the ordered gene names (same recipe as ``scfm.data.genes.GeneVocab.checksum``)."""
     return hashlib.sha256("\n".join(genes).encode()).hexdigest()
 
 
 def _default_genes() -> list[str]:
     # imported lazily: the model package must not need the gene tables to be importable
-    from scfm.genes import GeneVocab
+    from scfm.data.genes import GeneVocab
 
     return list(GeneVocab.load().names)
 

@@ -1,7 +1,7 @@
 """Model sizes for xTrimoGene (scFoundation): one dataclass and a registry of named presets.
 
-The gene vocabulary is fixed (19,264 genes, see ``scfm.genes``), so every preset shares the same
-sequence layout::
+The gene vocabulary is fixed (19,264 genes, see ``scfm.data.genes``), so every preset shares the
+same sequence layout::
 
     position  0 .. 19263   genes, in vocabulary order
     position  19264        T token: log10 of the target (original) total count
@@ -19,7 +19,8 @@ import math
 from dataclasses import dataclass
 from typing import Any, Literal
 
-N_GENES = 19264  # size of the gene vocabulary (OS_scRNA_gene_index.19264.tsv)
+from scfm.data.packed import N_GENES
+
 T_POS = N_GENES  # 19264: target read-depth token
 S_POS = N_GENES + 1  # 19265: source read-depth token
 N_POS = N_GENES + 2  # 19266: positions seen by the decoder (genes + T + S)

@@ -1,12 +1,12 @@
-"""Packing ragged cells into padded batches, and back, exactly.
+"""Ragged packed cells to padded batches, and back, exactly.
 
 Cells arrive CSR-style (the corpus loader's contract): a flat ``gene_idx`` / ``values`` pair and
 ``offsets`` of length B+1 with ``cell i = [offsets[i], offsets[i+1])``. The encoder wants a
 rectangular ``(B, L)`` batch, L = the longest cell, left-aligned (order within a cell preserved)
 with a key-padding mask; the decoder wants encoder states back at their gene positions.
 
-    pack      (nnz,) + offsets           -> (B, L) ids, values, padding_mask
-    unpack    (B, L) ids, values, mask   -> (nnz,) + offsets          (exact inverse of pack)
+    to_padded    (nnz,) + offsets           -> (B, L) ids, values, padding_mask
+    from_padded  (B, L) ids, values, mask   -> (nnz,) + offsets       (exact inverse of to_padded)
     scatter_to_positions  (B, L, E)      -> (B, N, E) rows placed at their gene positions
     gather_from_positions (B, N, E)      -> (B, L, E)                 (inverse on valid tokens)
 
@@ -25,7 +25,7 @@ def _as_long(x: Tensor) -> Tensor:
     return x if x.dtype == torch.long else x.long()
 
 
-def pack(
+def to_padded(
     gene_idx: Tensor,
     values: Tensor,
     offsets: Tensor,
@@ -77,8 +77,10 @@ def pack(
     return ids, vals, padding_mask
 
 
-def unpack(ids: Tensor, vals: Tensor, padding_mask: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-    """Inverse of :func:`pack`: ``(B, L)`` → flat ``(nnz,)`` ids and values, ``(B+1,)`` offsets."""
+def from_padded(
+    ids: Tensor, vals: Tensor, padding_mask: Tensor
+) -> tuple[Tensor, Tensor, Tensor]:
+    """Inverse of :func:`to_padded`: ``(B, L)`` → flat ``(nnz,)`` ids and values, offsets."""
     valid = ~padding_mask  # (B, L)
     lengths = valid.sum(dim=1)  # (B,)
     offsets = torch.zeros(lengths.numel() + 1, dtype=torch.long, device=ids.device)

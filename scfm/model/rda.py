@@ -23,20 +23,13 @@ For every cell of a batch from the corpus loader:
 The out-of-vocabulary counts are thinned too, as one binomial draw per cell (a sum of binomials
 with a common rate is binomial), so S is the exact total of a down-sampled cell, not a guess.
 
-Batches in (the corpus loader's contract), a mapping of numpy arrays or torch tensors::
-
-    gene_idx      (nnz,)  int   sorted vocabulary indices of each cell's nonzero genes, concatenated
-    counts        (nnz,)  float raw counts aligned with gene_idx
-    offsets       (B+1,)  int   CSR row pointers
-    total_counts  (B,)    float each cell's total before vocabulary restriction
-
-Batches out: :class:`CellBatch` (torch tensors on CPU; move with ``.to(device)``).
+Batches in: :class:`scfm.data.packed.PackedCells` (raw counts of B cells, CSR; the corpus
+loader's output). Batches out: :class:`CellBatch` (torch tensors on CPU; move with ``.to(device)``).
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping
 from dataclasses import dataclass, fields, replace
 from typing import Any
 
@@ -44,8 +37,9 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from scfm.data.packed import NormalizedCells, PackedCells, depth_token
 from scfm.model.config import N_GENES, S_POS, T_POS
-from scfm.model.packing import append_tokens, pack
+from scfm.model.packing import append_tokens, to_padded
 
 log = logging.getLogger(__name__)
 
@@ -107,27 +101,15 @@ class CellBatch:
 
 
 # ------------------------------------------------------------------------------------- inputs
-def _as_numpy(x: Any, dtype: Any) -> np.ndarray:
-    if isinstance(x, Tensor):
-        x = x.detach().cpu().numpy()
-    return np.asarray(x, dtype=dtype)
-
-
-def _read_batch(batch: Mapping[str, Any]) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    gene_idx = _as_numpy(batch["gene_idx"], np.int64)
-    counts = _as_numpy(batch["counts"], np.float64)
-    offsets = _as_numpy(batch["offsets"], np.int64)
-    total = _as_numpy(batch["total_counts"], np.float64).reshape(-1)
-    if offsets[0] != 0 or offsets[-1] != gene_idx.size or counts.size != gene_idx.size:
-        raise ValueError("malformed batch: offsets must run from 0 to len(gene_idx) == len(counts)")
-    if total.size != offsets.size - 1:
-        raise ValueError(f"total_counts has {total.size} cells, offsets have {offsets.size - 1}")
-    if gene_idx.size and (gene_idx.min() < 0 or gene_idx.max() >= N_GENES):
-        raise ValueError(f"gene_idx outside the vocabulary [0, {N_GENES})")
-    # total_counts is before vocabulary restriction, so it can't be below the in-vocabulary sum
-    in_vocab = np.bincount(_rows(offsets), weights=counts, minlength=total.size)
-    total = np.maximum(total, in_vocab)
-    return gene_idx, counts, offsets, total
+def _read_cells(cells: PackedCells) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Flat arrays of a batch, totals raised to at least the in-vocabulary sum (``total_counts``
+    is before vocabulary restriction, so it cannot be smaller)."""
+    if not isinstance(cells, PackedCells):
+        raise TypeError(f"expected PackedCells, got {type(cells).__name__}")
+    counts = cells.counts.astype(np.float64)
+    in_vocab = np.bincount(cells.rows(), weights=counts, minlength=cells.n_cells)
+    total = np.maximum(cells.total_counts, in_vocab)
+    return cells.gene_idx.astype(np.int64), counts, cells.offsets, total
 
 
 def _rows(offsets: np.ndarray) -> np.ndarray:
@@ -140,11 +122,6 @@ def normalize(
     """``log1p(counts / totals[row] · scale)`` for flat CSR entries (zero-total cells give 0)."""
     denom = np.maximum(totals, 1e-12)[rows]
     return np.log1p(counts / denom * scale)
-
-
-def depth_token(total: np.ndarray) -> np.ndarray:
-    """log10 of a total count (clipped at 1 count, so an empty cell gets 0 rather than -inf)."""
-    return np.log10(np.maximum(total, 1.0))
 
 
 # ------------------------------------------------------------------------------- down-sampling
@@ -192,16 +169,16 @@ def downsample(
 
 # --------------------------------------------------------------------------------------- collate
 def collate(
-    batch: Mapping[str, Any],
+    batch: PackedCells,
     cfg: RDAConfig | None = None,
     generator: np.random.Generator | int | None = None,
 ) -> CellBatch:
-    """Turn a loader batch into an RDA pretraining batch (down-sample, normalize, mask, pack).
+    """Turn a loader batch into an RDA pretraining batch (down-sample, normalize, mask, to_padded).
 
     Parameters
     ----------
     batch
-        ``gene_idx``, ``counts``, ``offsets``, ``total_counts`` (numpy arrays or tensors).
+        Raw counts of the cells (:class:`~scfm.data.packed.PackedCells`).
     cfg
         Objective settings; defaults to :class:`RDAConfig()`.
     generator
@@ -216,7 +193,7 @@ def collate(
     """
     cfg = cfg or RDAConfig()
     rng = np.random.default_rng(generator)
-    gene_idx, counts, offsets, total = _read_batch(batch)
+    gene_idx, counts, offsets, total = _read_cells(batch)
     B = total.size
     rows = _rows(offsets)
 
@@ -319,7 +296,7 @@ def _cap_per_cell(
 
 
 def prepare_inference(
-    batch: Mapping[str, Any],
+    cells: PackedCells | NormalizedCells,
     target_T: float | np.ndarray | None = None,
     scale: float = 1e4,
     pad_to_multiple: int = 1,
@@ -328,28 +305,22 @@ def prepare_inference(
 
     Parameters
     ----------
-    batch
-        Either a loader batch of raw counts, as for :func:`collate` (normalized here,
-        S = log10 ``total_counts``), or model-scale values: ``gene_idx``, ``values`` (already
-        ``log1p``-normalized), ``offsets`` and ``S`` (log10 depth per cell).
+    cells
+        Raw counts (:class:`~scfm.data.packed.PackedCells`: normalized here, S = log10 of the
+        total) or model-scale values (:class:`~scfm.data.packed.NormalizedCells`, with S).
     target_T
         log10 target depth (scalar or ``(B,)``). None gives T = S (the official ``f1``);
         e.g. ``S + 1`` asks :meth:`XTrimoGene.predict_expression` for 10× the read depth.
     """
-    if "values" in batch:
-        gene_idx = _as_numpy(batch["gene_idx"], np.int64)
-        values = _as_numpy(batch["values"], np.float32)
-        offsets = _as_numpy(batch["offsets"], np.int64)
-        S = _as_numpy(batch["S"], np.float32).reshape(-1)
-        if (
-            offsets[-1] != gene_idx.size
-            or values.size != gene_idx.size
-            or S.size != offsets.size - 1
-        ):
-            raise ValueError("malformed batch: gene_idx, values, offsets and S do not agree")
-        rows = _rows(offsets)
+    if isinstance(cells, NormalizedCells):
+        gene_idx, values, rows, S = (
+            cells.gene_idx.astype(np.int64),
+            cells.values,
+            cells.rows(),
+            cells.S,
+        )
     else:
-        gene_idx, counts, offsets, total = _read_batch(batch)
+        gene_idx, counts, offsets, total = _read_cells(cells)
         rows = _rows(offsets)
         S = depth_token(total).astype(np.float32)
         values = normalize(counts, rows, total, scale).astype(np.float32)
@@ -383,7 +354,7 @@ def _pack_with_depth(
         extra_ids=torch.tensor([T_POS, S_POS]),
         extra_values=torch.from_numpy(np.stack([T, S], axis=1)),
     )
-    return pack(ids, vals, offs, pad_to_multiple=pad_to_multiple)
+    return to_padded(ids, vals, offs, pad_to_multiple=pad_to_multiple)
 
 
 # ------------------------------------------------------------------------------------------ loss

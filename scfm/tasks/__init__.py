@@ -9,7 +9,7 @@
 * :mod:`~scfm.tasks.evaluate` — ``scfm evaluate annotation``: every method on one split, tables,
   plots and an MLflow run; :mod:`~scfm.tasks.finetune` — ``scfm finetune annotation``;
 * :mod:`~scfm.tasks.gene_modules` — gene modules from context gene embeddings, gene-set enrichment;
-* :mod:`~scfm.tasks.data`, :mod:`~scfm.tasks.metrics`, :mod:`~scfm.tasks.models`,
+* :mod:`~scfm.tasks.labelled`, :mod:`~scfm.tasks.metrics`, :mod:`~scfm.tasks.models`,
   :mod:`~scfm.tasks.normalized`, :mod:`~scfm.tasks.plots` — shared pieces.
 
 Ray, MLflow and scikit-learn are imported inside functions: importing a module here is cheap.

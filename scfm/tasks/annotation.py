@@ -26,7 +26,7 @@ from torch import Tensor, nn
 
 from scfm.runtime import autocast, resolve_device
 from scfm.tasks.base import DataModule, HeadSpec, SplitName
-from scfm.tasks.data import Split
+from scfm.tasks.labelled import Split
 from scfm.tasks.metrics import classification_metrics
 
 logger = logging.getLogger(__name__)
@@ -134,17 +134,10 @@ class PackedCellData(_LabelledRows):
         )
 
     def cell_batch(self, idx: np.ndarray):
+        from scfm.data.packed import PackedCells
         from scfm.model.rda import prepare_inference
 
-        X = self.counts[idx]
-        return prepare_inference(
-            {
-                "gene_idx": X.indices.astype(np.int64),
-                "counts": X.data,
-                "offsets": X.indptr.astype(np.int64),
-                "total_counts": self.totals[idx],
-            }
-        )
+        return prepare_inference(PackedCells.from_csr(self.counts[idx], self.totals[idx]))
 
     def batches(self, split, batch_size, *, shuffle=False, seed=0):
         for idx in self._order(split, batch_size, shuffle, seed):

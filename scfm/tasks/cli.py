@@ -68,7 +68,7 @@ def _fail(exc: Exception) -> None:
 
 
 def _split(split_key, train_value, test_value, test_size, min_class_cells, seed):
-    from scfm.tasks.data import SplitConfig
+    from scfm.tasks.labelled import SplitConfig
 
     return SplitConfig(
         split_key=split_key,
@@ -193,7 +193,7 @@ def evaluate_gene_modules_cmd(
     """Cluster a cell group's gene context embeddings into modules; gene-set enrichment (FDR)."""
     import matplotlib.pyplot as plt
 
-    from scfm.io import read_counts
+    from scfm.data.io import read_counts
     from scfm.tasks.gene_modules import find_gene_modules
     from scfm.tasks.models import load_backbone
     from scfm.tasks.plots import enrichment_heatmap

@@ -10,8 +10,8 @@
     comparison.png, confusion.png, per_class_f1.png  → output dir and one MLflow run (``evaluate``)
 
 Metrics: accuracy over all test cells, macro-F1 over the scored classes (see
-``scfm.tasks.data`` for rare and unseen classes), per-class F1. Times are wall seconds of fitting
-and predicting; scfm rows include the embedding time.
+``scfm.tasks.labelled`` for rare and unseen classes), per-class F1. Times are wall seconds of
+fitting and predicting; scfm rows include the embedding time.
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ import numpy as np
 import pandas as pd
 
 from scfm.tasks.baselines import LinearProbe, make_baselines, run_baseline
-from scfm.tasks.data import (
+from scfm.tasks.labelled import (
     LabelledData,
     Split,
     SplitConfig,

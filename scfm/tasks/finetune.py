@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from scfm.tasks.data import SplitConfig, load_labelled_task, scored_classes
+from scfm.tasks.labelled import SplitConfig, load_labelled_task, scored_classes
 from scfm.tasks.metrics import ClassificationMetrics, classification_metrics, slug
 from scfm.tasks.tune import SweepConfig, SweepResult, run_sweep
 

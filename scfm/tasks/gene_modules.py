@@ -259,8 +259,8 @@ def find_gene_modules(
     max_cells
         Average the gene embeddings over at most this many of the group's cells (seeded subset).
     """
-    from scfm.corpus.validate import validate_anndata
-    from scfm.genes import GeneVocab
+    from scfm.data.genes import GeneVocab
+    from scfm.data.validate import validate_anndata
     from scfm.inference import gene_embeddings
     from scfm.inference.selection import cell_indices
 

@@ -24,7 +24,7 @@ class ClassificationMetrics:
     accuracy
         Fraction of all test cells predicted correctly (rare and unseen classes included).
     macro_f1
-        Unweighted mean F1 over ``scored`` classes (see ``scfm.tasks.data.class_table``).
+        Unweighted mean F1 over ``scored`` classes (see ``scfm.tasks.labelled.class_table``).
     per_class_f1
         F1 of every class in ``labels`` (NaN for a class with no test cells and no predictions).
     labels

@@ -121,6 +121,7 @@ def briefly_pretrain(
     import scipy.sparse as sp
     from tqdm.auto import tqdm
 
+    from scfm.data.packed import PackedCells
     from scfm.model.rda import RDAConfig, collate
     from scfm.runtime import resolve_device
     from scfm.train.loop import train_step
@@ -136,13 +137,7 @@ def briefly_pretrain(
     losses = []
     for _ in tqdm(range(steps), desc=f"pretrain {preset}", disable=not progress):
         rows = np.sort(rng.choice(X.shape[0], size=min(batch_size, X.shape[0]), replace=False))
-        sub = X[rows]
-        packed = {
-            "gene_idx": sub.indices.astype(np.int64),
-            "counts": sub.data,
-            "offsets": sub.indptr.astype(np.int64),
-            "total_counts": totals[rows],
-        }
+        packed = PackedCells.from_csr(X[rows], totals[rows])
         result = train_step(
             model,
             [collate(packed, rda, rng)],

@@ -20,7 +20,7 @@ from dataclasses import asdict, dataclass
 import numpy as np
 import scipy.sparse as sp
 
-from scfm.corpus.validate import InputValidationError
+from scfm.data.validate import InputValidationError
 
 
 @dataclass(frozen=True)

@@ -141,7 +141,7 @@ def run_pretraining(
 
     from scfm.corpus.loader import open_corpus
     from scfm.tracking import flatten, register_artifact, start_run, tracking_uri
-    from scfm.train.data import corpus_splits
+    from scfm.train.corpus_data import corpus_splits
 
     cfg = cfg.with_run_name()
     if not cfg.data.corpus:

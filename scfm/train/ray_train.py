@@ -81,7 +81,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     import ray.train
     import ray.train.torch
 
-    from scfm.corpus.loader import pack
+    from scfm.data.packed import PackedCells
 
     cfg = PretrainConfig.from_dict(config["cfg"])
     ctx = ray.train.get_context()
@@ -131,7 +131,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
             local_shuffle_buffer_size=8 * mb_size if seed is not None else None,
             local_shuffle_seed=seed,
         ):
-            yield pack(table)
+            yield PackedCells.from_arrow(table)
 
     def start_epoch(e: int, skip: int) -> Iterator[dict]:
         it = packed(train_shard, cfg.data.shuffle_seed + e)

@@ -7,7 +7,7 @@ import pandas as pd
 import pytest
 import scipy.sparse as sp
 
-from scfm.genes import N_GENES
+from scfm.data.genes import N_GENES
 
 
 @pytest.fixture(scope="session")
@@ -20,7 +20,7 @@ def census_store(tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def vocab():
-    from scfm.genes import GeneVocab
+    from scfm.data.genes import GeneVocab
 
     return GeneVocab.load()
 

@@ -15,7 +15,7 @@ from scfm import datasets
 from scfm.corpus.build import BuildConfig, build_corpus
 from scfm.corpus.qc import QCConfig
 from scfm.corpus.sources import CensusSource, H5ADSource, TenXSource
-from scfm.io import read_counts
+from scfm.data.io import read_counts
 
 from .conftest import assert_arithmetic, corpus_frame, rows_to_csr
 
@@ -200,7 +200,7 @@ def test_files_build_with_bad_inputs_quarantined(ray_local, tmp_path, bad_inputs
     }
     assert ok["kang2018_pbmc_ifnb.h5ad"]["n_blocks"] == 4  # 1,975 cells, backed, 500 per block
     df = corpus_frame(cfg.output)
-    from scfm.genes import GeneVocab
+    from scfm.data.genes import GeneVocab
 
     vocab = GeneVocab.load()
     for ds_id, path, source in (

@@ -8,14 +8,14 @@ from scfm import datasets
 from scfm.corpus.harmonize import (
     SCHEMA,
     CellBlock,
-    gene_mapping,
     map_block,
     pack_block,
     split_of,
 )
 from scfm.corpus.qc import DROP_REASONS, CellStats, QCConfig, count_reasons, drop_reasons
-from scfm.corpus.validate import InputValidationError
-from scfm.io import read_counts
+from scfm.data.genes import gene_mapping
+from scfm.data.io import read_counts
+from scfm.data.validate import InputValidationError
 
 
 @pytest.fixture(scope="module")

@@ -19,7 +19,7 @@ from scfm.corpus.manifest import list_versions
 from scfm.corpus.qc import QCConfig
 from scfm.corpus.shards import TMP_MARK
 from scfm.corpus.sources import CensusSource, DirectorySource
-from scfm.io import read_counts
+from scfm.data.io import read_counts
 
 from .conftest import assert_arithmetic, assert_same_corpus, corpus_frame
 

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from scfm import datasets
-from scfm.io import read_counts
+from scfm.data.io import read_counts
 from scfm.model import ModelConfig, XTrimoGene, save_checkpoint
 
 N_CELLS = 48  # real cells, enough for batches of mixed lengths (≈ 100-800 nonzero genes)

@@ -9,8 +9,8 @@ import scipy.sparse as sp
 import torch
 
 import scfm
-from scfm.corpus.validate import InputValidationError
-from scfm.genes import GeneVocab
+from scfm.data.genes import GeneVocab
+from scfm.data.validate import InputValidationError
 from scfm.model.rda import prepare_inference
 from tests.fixtures_data import pack_rows
 
@@ -24,8 +24,7 @@ def _reference(model, adata, target_T=None) -> np.ndarray:
     out = []
     with torch.no_grad():
         for i in range(adata.n_obs):
-            batch = pack_rows(vocab_X[i])
-            batch["total_counts"] = totals[i : i + 1]
+            batch = pack_rows(vocab_X[i], totals[i : i + 1])
             T = target_T[i] if np.ndim(target_T) else target_T
             cells = prepare_inference(batch, target_T=T)
             out.append(model.embed_cells(*cells.encoder_inputs()).numpy()[0])

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 import scfm
-from scfm.genes import GeneVocab
+from scfm.data.genes import GeneVocab
 from scfm.model.config import T_POS
 from scfm.model.rda import depth_token, prepare_inference
 from tests.fixtures_data import pack_rows
@@ -45,8 +45,7 @@ def _direct(model, adata, fn):
     out = []
     with torch.no_grad():
         for i in range(adata.n_obs):
-            batch = pack_rows(vocab_X[i])
-            batch["total_counts"] = totals[i : i + 1]
+            batch = pack_rows(vocab_X[i], totals[i : i + 1])
             out.append(fn(prepare_inference(batch), totals[i]))
     return np.stack(out)
 

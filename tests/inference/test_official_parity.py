@@ -14,9 +14,9 @@ import pytest
 import scipy.sparse as sp
 
 import scfm
-from scfm.genes import GeneVocab
+from scfm.data.genes import GeneVocab
+from scfm.data.prepare import prepare
 from scfm.inference.engine import InferenceEngine
-from scfm.inference.inputs import prepare
 from tests.official_reference import (
     load_official,
     max_rel_error,

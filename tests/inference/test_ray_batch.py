@@ -11,8 +11,8 @@ import scipy.sparse as sp
 
 import scfm
 from scfm.corpus.loader import open_corpus
-from scfm.corpus.validate import InputValidationError
-from scfm.inference.embed import embed_loader_batch
+from scfm.data.validate import InputValidationError
+from scfm.inference.embed import embed_packed
 from scfm.inference.engine import InferenceEngine
 from scfm.inference.ray_batch import EmbedJobConfig, embed_dataset, read_embeddings
 
@@ -50,8 +50,8 @@ def test_corpus_embeddings_one_row_per_cell_with_mlflow_run(
     engine = InferenceEngine(model, device="cpu")
     row = {c: i for i, c in enumerate(got)}
     batch = next(corpus.iter_batches(batch_size=100))
-    ref = embed_loader_batch(engine, batch, batch_size=16)
-    np.testing.assert_allclose(emb[[row[c] for c in batch["cell_id"]]], ref, atol=ATOL, rtol=0)
+    ref = embed_packed(engine, batch, batch_size=16)
+    np.testing.assert_allclose(emb[[row[c] for c in batch.cell_id]], ref, atol=ATOL, rtol=0)
 
     # the MLflow run: experiment 'embed', metrics, lineage tags, the UMAP plot
     import mlflow

@@ -12,10 +12,11 @@ import numpy as np
 import pytest
 import torch
 
+from scfm.data.packed import PackedCells
 from scfm.model.config import N_GENES, ModelConfig
 from scfm.model.xtrimogene import XTrimoGene
 
-LoaderBatch = dict[str, np.ndarray]
+LoaderBatch = PackedCells
 
 
 @pytest.fixture(autouse=True, scope="session")
@@ -53,12 +54,12 @@ def make_loader_batch(
         counts.append(c)
         offsets.append(offsets[-1] + n)
         totals.append(float(np.rint(c.sum() * (1 + extra_total))))
-    return {
-        "gene_idx": np.concatenate(gene_idx),
-        "counts": np.concatenate(counts),
-        "offsets": np.asarray(offsets, dtype=np.int64),
-        "total_counts": np.asarray(totals, dtype=np.float64),
-    }
+    return PackedCells(
+        gene_idx=np.concatenate(gene_idx),
+        counts=np.concatenate(counts),
+        offsets=np.asarray(offsets, dtype=np.int64),
+        total_counts=np.asarray(totals, dtype=np.float64),
+    )
 
 
 @pytest.fixture

@@ -6,10 +6,10 @@ import torch
 from scfm.model.config import PAD_POS
 from scfm.model.packing import (
     append_tokens,
+    from_padded,
     gather_from_positions,
-    pack,
     scatter_to_positions,
-    unpack,
+    to_padded,
 )
 
 
@@ -28,13 +28,13 @@ def _csr(lengths: list[int], seed: int = 0) -> tuple[torch.Tensor, torch.Tensor,
 
 def test_pack_layout_and_exact_inverse() -> None:
     gene_idx, values, offsets = _csr([3, 0, 5, 1])
-    ids, vals, pad = pack(gene_idx, values, offsets)
+    ids, vals, pad = to_padded(gene_idx, values, offsets)
     assert ids.shape == vals.shape == pad.shape == (4, 5)
     assert ids.dtype == torch.long and pad.dtype == torch.bool
     assert pad.sum(1).tolist() == [2, 5, 0, 4]
     assert (ids[pad] == PAD_POS).all() and (vals[pad] == 0).all()
     assert torch.equal(ids[2], gene_idx[3:8].long())  # left-aligned, order kept
-    g2, v2, o2 = unpack(ids, vals, pad)
+    g2, v2, o2 = from_padded(ids, vals, pad)
     assert torch.equal(g2, gene_idx.long())
     assert torch.equal(v2, values)
     assert torch.equal(o2, offsets)
@@ -42,9 +42,9 @@ def test_pack_layout_and_exact_inverse() -> None:
 
 def test_pack_to_multiple_only_adds_padding() -> None:
     gene_idx, values, offsets = _csr([3, 6])
-    ids, vals, pad = pack(gene_idx, values, offsets, pad_to_multiple=8)
+    ids, vals, pad = to_padded(gene_idx, values, offsets, pad_to_multiple=8)
     assert ids.shape == (2, 8)
-    g2, v2, o2 = unpack(ids, vals, pad)
+    g2, v2, o2 = from_padded(ids, vals, pad)
     assert torch.equal(g2, gene_idx.long()) and torch.equal(v2, values) and torch.equal(o2, offsets)
 
 
@@ -61,7 +61,7 @@ def test_append_tokens_puts_extras_at_each_row_end() -> None:
 
 def test_scatter_gather_round_trip() -> None:
     gene_idx, values, offsets = _csr([4, 1, 3], seed=2)
-    ids, vals, pad = pack(gene_idx, values, offsets)
+    ids, vals, pad = to_padded(gene_idx, values, offsets)
     B, L = ids.shape
     h = torch.randn(B, L, 6)
     base = torch.randn(B, 1000, 6)
@@ -82,7 +82,7 @@ def test_scatter_gather_round_trip() -> None:
 
 def test_scatter_gradients_reach_only_valid_tokens() -> None:
     gene_idx, values, offsets = _csr([2, 4], seed=3)
-    ids, _, pad = pack(gene_idx, values, offsets)
+    ids, _, pad = to_padded(gene_idx, values, offsets)
     h = torch.randn(*ids.shape, 3, requires_grad=True)
     scatter_to_positions(h, ids, pad, torch.zeros(2, 1000, 3)).sum().backward()
     assert (h.grad[~pad] == 1).all() and (h.grad[pad] == 0).all()

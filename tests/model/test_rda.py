@@ -7,6 +7,7 @@ import pytest
 import torch
 from torch.testing import assert_close
 
+from scfm.data.packed import PackedCells
 from scfm.model import rda
 from scfm.model.config import N_GENES, PAD_POS, S_POS, T_POS
 from scfm.model.rda import RDAConfig, collate, downsample, masked_mse, prepare_inference
@@ -48,12 +49,12 @@ def test_downsample_preserves_expected_totals() -> None:
 
 def test_collate_duplicates_or_downsamples_at_beta_rates() -> None:
     """Half the eligible cells are unchanged duplicates (T = S), half thinned at Beta(2, 2)."""
-    batch = {
-        "gene_idx": np.tile(np.arange(0, 2000, 10, dtype=np.int32), 800),
-        "counts": np.full(800 * 200, 25.0, dtype=np.float32),  # 5,000 counts in vocabulary
-        "offsets": np.arange(801, dtype=np.int64) * 200,
-        "total_counts": np.full(800, 6000.0),
-    }
+    batch = PackedCells(
+        gene_idx=np.tile(np.arange(0, 2000, 10, dtype=np.int32), 800),
+        counts=np.full(800 * 200, 25.0, dtype=np.float32),  # 5,000 counts in vocabulary
+        offsets=np.arange(801, dtype=np.int64) * 200,
+        total_counts=np.full(800, 6000.0),
+    )
     out = collate(batch, RDAConfig(), generator=0)
     ratio = 10.0 ** (out.S - out.T).numpy().astype(np.float64)
     duplicate = ratio == 1.0
@@ -79,18 +80,17 @@ def test_low_depth_rates_of_the_paper_evaluation_are_trained() -> None:
 def test_collate_shapes_and_invariants(loader_batch) -> None:
     batch = loader_batch(6, n_genes=(200, 600), seed=1)
     total = 50_000.0  # every cell eligible for down-sampling
-    batch["total_counts"] = np.full(6, total)
-    batch["counts"] = batch["counts"] * 8
+    batch = dataclasses.replace(batch, total_counts=np.full(6, total), counts=batch.counts * 8)
     cfg = dataclasses.replace(PURE_MASK, downsample_prob=1.0)
     out = collate(batch, cfg, generator=np.random.default_rng(1))
     B, L = out.gene_ids.shape
     assert out.masked.shape == out.target.shape == (B, N_GENES)
     assert out.values.dtype == out.target.dtype == torch.float32
     assert (out.gene_ids[out.padding_mask] == PAD_POS).all()
-    offsets = batch["offsets"]
+    offsets = batch.offsets
     for b, (ids, vals, T, S) in enumerate(_cells(batch, out)):
-        genes = batch["gene_idx"][offsets[b] : offsets[b + 1]]
-        counts = batch["counts"][offsets[b] : offsets[b + 1]]
+        genes = batch.gene_idx[offsets[b] : offsets[b + 1]]
+        counts = batch.counts[offsets[b] : offsets[b + 1]]
         # target: original counts normalised by the original total, zero elsewhere
         expected = np.zeros(N_GENES, dtype=np.float32)
         expected[genes] = np.log1p(counts / total * 1e4)
@@ -111,7 +111,7 @@ def test_mask_rates_without_downsampling(loader_batch) -> None:
     batch = loader_batch(8, n_genes=(400, 800), seed=2)
     cfg = dataclasses.replace(PURE_MASK, min_total_counts=float("inf"))
     out = collate(batch, cfg, generator=0)
-    nz_total = np.diff(batch["offsets"]).sum()
+    nz_total = np.diff(batch.offsets).sum()
     enc_genes = (~out.padding_mask).sum().item() - 2 * 8
     nz_masked = nz_total - enc_genes  # every nonzero gene is either in the encoder or masked
     assert abs(nz_masked / nz_total - 0.3) < 0.03
@@ -122,15 +122,17 @@ def test_mask_rates_without_downsampling(loader_batch) -> None:
 def test_hidden_values_never_leak_into_encoder_inputs(loader_batch, tiny_model) -> None:
     batch = loader_batch(3, seed=3)
     out = collate(batch, NO_DOWNSAMPLING, generator=7)
-    rows = np.repeat(np.arange(3), np.diff(batch["offsets"]))
+    rows = np.repeat(np.arange(3), np.diff(batch.offsets))
     in_encoder = np.zeros((3, N_GENES), dtype=bool)
     for b, (ids, _, _, _) in enumerate(_cells(batch, out)):
         in_encoder[b, ids.numpy()] = True
-    hidden = out.masked.numpy()[rows, batch["gene_idx"]] & ~in_encoder[rows, batch["gene_idx"]]
+    hidden = out.masked.numpy()[rows, batch.gene_idx] & ~in_encoder[rows, batch.gene_idx]
     assert hidden.any()
     # change the counts of exactly the hidden genes: the encoder input must not move a bit
-    counts = batch["counts"]
-    changed = dict(batch, counts=np.where(hidden, np.where(counts > 1, 1.0, 2.0), counts))
+    counts = batch.counts
+    changed = dataclasses.replace(
+        batch, counts=np.where(hidden, np.where(counts > 1, 1.0, 2.0), counts)
+    )
     out2 = collate(changed, NO_DOWNSAMPLING, generator=7)
     assert torch.equal(out.masked, out2.masked)
     for name in ("gene_ids", "values", "padding_mask", "T", "S"):
@@ -150,12 +152,12 @@ def test_masked_genes_are_hidden_kept_or_given_another_genes_value() -> None:
     are hidden, 18 % keep their value, 10 % show another unmasked gene's value of the cell."""
     n_cells, n = 40, 1000
     counts = np.tile(np.arange(1, n + 1, dtype=np.float32), n_cells)  # one value per gene
-    batch = {
-        "gene_idx": np.tile(np.arange(0, 2 * n, 2, dtype=np.int32), n_cells),
-        "counts": counts,
-        "offsets": np.arange(n_cells + 1, dtype=np.int64) * n,
-        "total_counts": np.full(n_cells, float(counts[:n].sum())),
-    }
+    batch = PackedCells(
+        gene_idx=np.tile(np.arange(0, 2 * n, 2, dtype=np.int32), n_cells),
+        counts=counts,
+        offsets=np.arange(n_cells + 1, dtype=np.int64) * n,
+        total_counts=np.full(n_cells, float(counts[:n].sum())),
+    )
     out = collate(batch, NO_DOWNSAMPLING, generator=0)
     own = np.log1p(np.arange(1, n + 1) / counts[:n].sum() * 1e4).astype(np.float32)
     hidden = kept = random = scored = 0
@@ -183,10 +185,10 @@ def test_encoder_input_is_capped_per_cell(loader_batch) -> None:
     batch = loader_batch(4, n_genes=(150, 300), seed=8)
     cfg = RDAConfig(min_total_counts=float("inf"), max_encoder_genes=100)
     out = collate(batch, cfg, generator=0)
-    rows = np.repeat(np.arange(4), np.diff(batch["offsets"]))
+    rows = np.repeat(np.arange(4), np.diff(batch.offsets))
     for b, (ids, _, _, _) in enumerate(_cells(batch, out)):
         assert len(ids) == 100  # every cell has more than 100 visible genes
-        genes = batch["gene_idx"][rows == b]
+        genes = batch.gene_idx[rows == b]
         left_out = np.setdiff1d(genes, ids.numpy())
         assert out.masked[b, left_out].all()  # what the cap hides is predicted and scored
     short = collate(batch, dataclasses.replace(cfg, max_encoder_genes=14998), generator=0)
@@ -205,9 +207,15 @@ def test_cells_below_threshold_are_not_downsampled(loader_batch) -> None:
 
 def test_collate_is_reproducible_and_accepts_tensors(loader_batch) -> None:
     batch = loader_batch(3, seed=5)
-    batch["total_counts"] = batch["total_counts"] + 2000
+    batch = dataclasses.replace(batch, total_counts=batch.total_counts + 2000)
     a = collate(batch, generator=11)
-    b = collate({k: torch.from_numpy(v) for k, v in batch.items()}, generator=11)
+    as_tensors = PackedCells(
+        *(
+            torch.from_numpy(getattr(batch, f))
+            for f in ("gene_idx", "counts", "offsets", "total_counts")
+        )
+    )
+    b = collate(as_tensors, generator=11)
     c = collate(batch, generator=12)
     for name in ("gene_ids", "values", "masked", "target", "S"):
         assert torch.equal(getattr(a, name), getattr(b, name)), name
@@ -218,10 +226,10 @@ def test_prepare_inference_values_and_target_depth(loader_batch) -> None:
     batch = loader_batch(2, seed=6)
     out = prepare_inference(batch, target_T=4.5)
     for b, (ids, vals, T, S) in enumerate(_cells(batch, out)):
-        lo, hi = batch["offsets"][b], batch["offsets"][b + 1]
-        total = batch["total_counts"][b]
-        assert torch.equal(ids, torch.from_numpy(batch["gene_idx"][lo:hi]).long())
-        expected = np.log1p(batch["counts"][lo:hi] / total * 1e4).astype(np.float32)
+        lo, hi = batch.offsets[b], batch.offsets[b + 1]
+        total = batch.total_counts[b]
+        assert torch.equal(ids, torch.from_numpy(batch.gene_idx[lo:hi]).long())
+        expected = np.log1p(batch.counts[lo:hi] / total * 1e4).astype(np.float32)
         assert_close(vals, torch.from_numpy(expected))
         assert T == 4.5 and S == pytest.approx(np.log10(total))
     assert out.masked is None and out.target is None
@@ -230,9 +238,11 @@ def test_prepare_inference_values_and_target_depth(loader_batch) -> None:
 def test_malformed_batches_raise(loader_batch) -> None:
     batch = loader_batch(2)
     with pytest.raises(ValueError, match="offsets"):
-        collate(dict(batch, offsets=batch["offsets"][:-1]), generator=0)
+        dataclasses.replace(batch, offsets=batch.offsets[:-1])
     with pytest.raises(ValueError, match="vocabulary"):
-        collate(dict(batch, gene_idx=batch["gene_idx"] + N_GENES), generator=0)
+        dataclasses.replace(batch, gene_idx=batch.gene_idx + N_GENES)
+    with pytest.raises(TypeError, match="expected PackedCells"):
+        collate({"gene_idx": batch.gene_idx}, generator=0)
 
 
 def test_masked_mse_counts_masked_positions_only() -> None:

@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 import torch
 from torch.testing import assert_close
@@ -14,7 +16,8 @@ TOL = dict(rtol=1e-4, atol=1e-5)  # batched vs single: same math, different matm
 
 def _pretrain_batch(loader_batch, n_cells: int = 3, seed: int = 0) -> rda.CellBatch:
     batch = loader_batch(n_cells, seed=seed)
-    batch["total_counts"] = batch["total_counts"] + 1500  # eligible for down-sampling
+    # eligible for down-sampling
+    batch = dataclasses.replace(batch, total_counts=batch.total_counts + 1500)
     return collate(batch, RDAConfig(), generator=seed)
 
 

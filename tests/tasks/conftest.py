@@ -12,8 +12,8 @@ import pytest
 import torch
 
 from scfm import datasets
-from scfm.io import read_counts
-from scfm.tasks.data import SplitConfig, labelled_data, make_split
+from scfm.data.io import read_counts
+from scfm.tasks.labelled import SplitConfig, labelled_data, make_split
 
 KANG_SPLIT = SplitConfig(split_key="condition", train_value="control", test_value="stimulated")
 
@@ -69,7 +69,7 @@ def kang_quarter(kang):
 @pytest.fixture(scope="session")
 def tiny_trained(kang):
     """A tiny model pretrained for a few RDA steps on Kang's cells (labels unused)."""
-    from scfm.genes import GeneVocab
+    from scfm.data.genes import GeneVocab
     from scfm.tasks.models import briefly_pretrain
 
     data, _ = kang

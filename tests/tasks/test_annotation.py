@@ -16,7 +16,7 @@ from scfm.tasks.annotation import (
     predict_labels,
 )
 from scfm.tasks.base import HEAD_FILE, fit_head, load_head, save_head
-from scfm.tasks.data import class_table, scored_classes
+from scfm.tasks.labelled import class_table, scored_classes
 from scfm.tasks.metrics import classification_metrics
 
 FAST = {"max_epochs": 12, "patience": 12, "hidden_dim": 64, "lr": 3e-3}
@@ -88,8 +88,8 @@ def test_balanced_class_weights(kang_quarter, kang_quarter_embeddings):
 @pytest.mark.slow
 def test_finetuning_the_last_encoder_layer(kang_quarter, tiny_trained, tmp_path):
     """Only the last encoder layer (and the final norm) and the MLP change."""
-    from scfm.genes import GeneVocab
-    from scfm.tasks.data import SplitConfig, make_split
+    from scfm.data.genes import GeneVocab
+    from scfm.tasks.labelled import SplitConfig, make_split
 
     data, _ = kang_quarter
     rng = np.random.default_rng(0)

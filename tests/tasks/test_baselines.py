@@ -18,7 +18,7 @@ from scfm.tasks.baselines import (
     run_baseline,
     scvi_available,
 )
-from scfm.tasks.data import class_table, scored_classes
+from scfm.tasks.labelled import class_table, scored_classes
 from scfm.tasks.metrics import classification_metrics
 
 

@@ -14,7 +14,7 @@ from typer.testing import CliRunner
 
 from scfm import datasets
 from scfm.cli import app
-from scfm.io import read_counts
+from scfm.data.io import read_counts
 from scfm.tasks.baselines import log_normalize
 
 runner = CliRunner()

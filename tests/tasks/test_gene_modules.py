@@ -11,7 +11,7 @@ import pytest
 from scipy.stats import fisher_exact
 
 from scfm import datasets
-from scfm.genes import GeneVocab
+from scfm.data.genes import GeneVocab
 from scfm.tasks.gene_modules import (
     benjamini_hochberg,
     cluster_genes,

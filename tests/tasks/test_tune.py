@@ -15,7 +15,7 @@ from typer.testing import CliRunner
 
 from scfm import datasets
 from scfm.cli import app
-from scfm.io import read_counts
+from scfm.data.io import read_counts
 from scfm.tasks.base import HEAD_FILE
 
 runner = CliRunner()

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 from scfm import datasets
-from scfm.io import CorruptInputError, detect_format, read_counts
+from scfm.data.io import CorruptInputError, detect_format, read_counts
 
 
 def test_10x_mtx_and_h5_give_the_same_matrix():

@@ -16,8 +16,8 @@ import pandas as pd
 import torch
 from tqdm.auto import tqdm
 
-from scfm.corpus.validate import DEFAULT_MIN_MAPPED_FRACTION
-from scfm.genes import GeneVocab
+from scfm.data.genes import GeneVocab
+from scfm.data.validate import DEFAULT_MIN_MAPPED_FRACTION
 from scfm.inference.batching import length_sorted_batches
 from scfm.inference.engine import depth_rows
 from scfm.inference.pipeline import ModelSpec, start_run
@@ -80,7 +80,7 @@ def gene_embeddings(
     ----------
     adata
         AnnData with raw counts (validated as for :func:`scfm.embed`), or a
-        :class:`~scfm.inference.inputs.PreparedInput`.
+        :class:`~scfm.data.prepare.PreparedInput`.
     model
         Model or spec (see :func:`scfm.inference.load_model`); official files use ``variant``.
     cells

@@ -21,7 +21,7 @@ from typing import Literal
 import numpy as np
 import scipy.sparse as sp
 
-from scfm.genes import GeneMapping, GeneVocab
+from scfm.data.genes import GeneMapping, GeneVocab
 
 logger = logging.getLogger(__name__)
 

@@ -1,7 +1,7 @@
 from __future__ import annotations
 
 from scfm.corpus.loader import open_corpus
-from scfm.train.data import corpus_splits
+from scfm.train.corpus_data import corpus_splits
 
 
 def test_splits_cover_the_corpus_once(ray_local, kang_corpus):

@@ -8,8 +8,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from scfm import datasets
-from scfm.genes import N_GENES, GeneVocab, parse_ensembl
-from scfm.io import read_counts
+from scfm.data.genes import N_GENES, GeneVocab, parse_ensembl
+from scfm.data.io import read_counts
 
 
 @pytest.fixture(scope="module")

@@ -1,4 +1,4 @@
-"""From a cells × genes matrix to model inputs, block by block, for every declared input mode.
+"""Validate and map an AnnData once (:func:`prepare`), then model inputs block by block.
 
     X (any input genes; dense, sparse or backed)  ──row blocks──►  map onto the vocabulary
       │ counts:  log1p(x / total · 1e4),             S = log10(total)
@@ -11,7 +11,7 @@
 The model never sees anything else: the encoder takes the nonzero values and the depth tokens
 (``scfm.model.rda.prepare_inference``). ``total`` is the sum over every input gene
 (``depth_total="all_genes"``) or over the vocabulary genes only (``"vocab_genes"``, the official
-convention). See :mod:`scfm.inference.settings` for the modes.
+convention). Only raw counts may go undeclared: ``pre_normalized`` names the other modes.
 """
 
 from __future__ import annotations
@@ -19,23 +19,50 @@ from __future__ import annotations
 import logging
 from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import scipy.sparse as sp
 
-from scfm.corpus.validate import (
+from scfm.data.genes import GeneMapping
+from scfm.data.packed import NormalizedCells, depth_token
+from scfm.data.validate import (
     DEFAULT_MIN_MAPPED_FRACTION,
     InputValidationError,
     ValidationReport,
     iter_row_blocks,
     validate_anndata,
 )
-from scfm.genes import GeneMapping
-from scfm.inference.settings import DepthTotal, GeneMatching, InputMode, check_input_mode
-from scfm.model.rda import depth_token
 
 log = logging.getLogger(__name__)
+
+DepthTotal = Literal["all_genes", "vocab_genes"]
+GeneMatching = Literal["standard", "exact"]
+InputMode = Literal["counts", "T", "A", "bulk"]
+
+_MODE_ALIASES: dict[Any, InputMode] = {
+    None: "counts",
+    False: "counts",
+    "F": "counts",
+    "counts": "counts",
+    "T": "T",
+    True: "T",
+    "A": "A",
+    "bulk": "bulk",
+}
+
+
+def check_input_mode(pre_normalized: Any) -> InputMode:
+    """``None``/``"F"`` → ``counts``; ``"T"``, ``"A"``, ``"bulk"`` as they are."""
+    try:
+        return _MODE_ALIASES[pre_normalized]
+    except (KeyError, TypeError):
+        raise ValueError(
+            f"pre_normalized={pre_normalized!r} not understood: use None (raw counts), 'T' "
+            "(log1p-normalized values), 'A' (normalized values + per-cell totals in obs) or "
+            "'bulk' (bulk RNA-seq counts or TPM)"
+        ) from None
+
 
 DEFAULT_BLOCK_ROWS = 8192
 SCALE = 1e4  # the normalization target of the model's values
@@ -73,17 +100,11 @@ class ModelBlock:
         """Nonzero genes per cell."""
         return np.diff(self.values.indptr)
 
-    def batch(self, rows: np.ndarray | None = None) -> dict[str, np.ndarray]:
-        """Model-input batch of ``rows`` (positions within the block; default all):
-        ``gene_idx``, ``values``, ``offsets``, ``S``."""
+    def batch(self, rows: np.ndarray | None = None) -> NormalizedCells:
+        """The model inputs of ``rows`` (positions within the block; default all)."""
         X = self.values if rows is None else self.values[rows]
         S = self.S if rows is None else self.S[rows]
-        return {
-            "gene_idx": X.indices.astype(np.int32, copy=False),
-            "values": X.data.astype(np.float32, copy=False),
-            "offsets": X.indptr.astype(np.int64, copy=False),
-            "S": np.asarray(S, dtype=np.float32),
-        }
+        return NormalizedCells(X.indices, X.data, X.indptr, S)
 
 
 def row_totals(block: np.ndarray | sp.spmatrix) -> np.ndarray:

@@ -197,8 +197,8 @@ def load_labelled_h5ad(
     validation : ValidatedInput
         The validation report and gene mapping of the kept cells.
     """
-    from scfm.corpus.validate import validate_anndata
-    from scfm.io import read_counts
+    from scfm.data.io import read_counts
+    from scfm.data.validate import validate_anndata
     from scfm.tasks.normalized import reconstruct_counts
 
     adata = read_counts(path, layer=layer)
@@ -241,7 +241,7 @@ class LabelledTask:
     """A labelled, validated h5ad with its split and class table."""
 
     data: LabelledData
-    validation: Any  # scfm.corpus.validate.ValidatedInput
+    validation: Any  # scfm.data.validate.ValidatedInput
     dataset: str  # name in tables and run tags
     split: Split
     classes: pd.DataFrame

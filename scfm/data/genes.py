@@ -33,7 +33,7 @@ import re
 from collections import Counter, defaultdict
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
-from functools import cache
+from functools import cache, lru_cache
 from typing import Literal
 
 import numpy as np
@@ -41,8 +41,8 @@ import pandas as pd
 import scipy.sparse as sp
 
 from scfm import datasets
+from scfm.data.packed import N_GENES
 
-N_GENES = 19264
 MapRule = Literal["direct", "ensembl", "alias", "unmapped"]
 RULES: tuple[MapRule, ...] = ("direct", "ensembl", "alias", "unmapped")
 
@@ -425,3 +425,13 @@ class GeneMapping:
         out.eliminate_zeros()
         out.sort_indices()
         return out
+
+
+@lru_cache(maxsize=8)
+def _mapping_cached(vocab: GeneVocab, genes: tuple[str, ...]) -> GeneMapping:
+    return vocab.map(genes)
+
+
+def gene_mapping(vocab: GeneVocab, gene_ids: Sequence[str]) -> GeneMapping:
+    """Vocabulary mapping of a gene list, cached per process (sources repeat the same var)."""
+    return _mapping_cached(vocab, tuple(str(g) for g in gene_ids))

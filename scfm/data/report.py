@@ -7,9 +7,9 @@ import logging
 from dataclasses import dataclass
 from pathlib import Path
 
-from scfm.corpus.validate import InputValidationError, ValidationReport, validate_anndata
-from scfm.genes import GeneVocab, MappingReport
-from scfm.io import CorruptInputError, read_counts
+from scfm.data.genes import GeneVocab, MappingReport
+from scfm.data.io import CorruptInputError, read_counts
+from scfm.data.validate import InputValidationError, ValidationReport, validate_anndata
 
 logger = logging.getLogger(__name__)
 

@@ -6,13 +6,13 @@ import pytest
 import scipy.sparse as sp
 
 from scfm import datasets
-from scfm.corpus.validate import (
+from scfm.data.io import read_counts
+from scfm.data.validate import (
     InputValidationError,
     check_counts,
     validate_anndata,
     validate_input,
 )
-from scfm.io import read_counts
 
 
 @pytest.fixture(scope="module")

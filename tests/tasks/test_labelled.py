@@ -9,9 +9,9 @@ import pytest
 import scipy.sparse as sp
 
 from scfm import datasets
-from scfm.corpus.validate import InputValidationError
-from scfm.io import read_counts
-from scfm.tasks.data import (
+from scfm.data.io import read_counts
+from scfm.data.validate import InputValidationError
+from scfm.tasks.labelled import (
     LabelError,
     SplitConfig,
     class_table,
