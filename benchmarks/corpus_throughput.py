@@ -85,23 +85,23 @@ def run_one(fmt: str, n: int, args) -> dict:
         t0 = time.perf_counter()
         res = build_corpus(cfg)
         wall = time.perf_counter() - t0
-        units = [u for u in res.unit_results if u["status"] == "ok"]
-        if res.manifest["quarantined"]:
-            raise RuntimeError(f"inputs quarantined: {res.manifest['quarantined']}")
-        cells = sum(u["n_cells_in"] for u in units)
-        t = res.manifest["totals"]
+        units = [u for u in res.unit_results if u.ok]
+        if res.manifest.quarantined:
+            raise RuntimeError(f"inputs quarantined: {res.manifest.quarantined}")
+        cells = sum(u.n_cells_in for u in units)
+        t = res.manifest.totals
         if executor == "local":
-            hw = sum(u["timing"]["harmonize_s"] + u["timing"]["write_s"] for u in units)
-            rd = sum(u["timing"]["read_s"] for u in units)
+            hw = sum(u.timing["harmonize_s"] + u.timing["write_s"] for u in units)
+            rd = sum(u.timing["read_s"] for u in units)
             row["local_harmonize_qc_write_cells_s"] = cells / hw
             row["local_read_cells_s"] = cells / rd
             row["local_end_to_end_cells_s"] = cells / (hw + rd)
-            row["gene_mapping_one_off_s"] = sum(u["timing"]["map_s"] for u in units)
+            row["gene_mapping_one_off_s"] = sum(u.timing["map_s"] for u in units)
         else:
             row["ray_wall_s"] = wall
             row["ray_cells_s"] = cells / wall
             row["ray_cells_s_per_core"] = cells / wall / args.cpus
-            row["peak_worker_rss_mb"] = max(u["peak_rss_mb"] for u in units)
+            row["peak_worker_rss_mb"] = max(u.peak_rss_mb for u in units)
             row["bytes_per_cell"] = t["bytes"] / max(t["n_cells_kept"], 1)
             row["nnz_per_cell"] = t["nnz_kept"] / max(t["n_cells_kept"], 1)
             row["cells_kept"] = t["n_cells_kept"]

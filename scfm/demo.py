@@ -75,7 +75,8 @@ def map_inputs(cfg: DemoConfig, console: Console) -> dict[str, Path]:
 
 def build_demo_corpus(cfg: DemoConfig, console: Console):
     """Step 2: the corpus job (a refresh when the demo corpus exists already)."""
-    from scfm.corpus.build import BuildConfig, build_corpus, summary_rows
+    from scfm.corpus.build import BuildConfig, summary_rows
+    from scfm.corpus.build_report import build_and_log
     from scfm.corpus.cli import print_summary
     from scfm.corpus.sources import H5ADSource, TenXSource
 
@@ -85,7 +86,7 @@ def build_demo_corpus(cfg: DemoConfig, console: Console):
         TenXSource(paths=[str(resolve(r)) for r in CORPUS_TENX], name="10x"),
     ]
     refresh = (output / "manifests").is_dir()
-    result = build_corpus(
+    result = build_and_log(
         BuildConfig(
             output=str(output),
             sources=sources,

@@ -36,10 +36,10 @@ def test_demo_runs_the_pipeline_and_says_where_results_are(ray_local, mlflow_uri
     # 2. corpus: the scaled file is quarantined, every other cell kept or counted as dropped
     corpus = open_corpus(str(tmp_path / "corpus"))
     man = corpus.manifest
-    assert [q["dataset_id"] for q in man["quarantined"]] == ["pbmc68k_reduced.h5ad"]
-    assert man["quarantined"][0]["stage"] == "validate"
-    assert len(man["datasets"]) == 4
-    t = man["totals"]
+    assert [q.dataset_id for q in man.quarantined] == ["pbmc68k_reduced.h5ad"]
+    assert man.quarantined[0].stage == "validate"
+    assert len(man.datasets) == 4
+    t = man.totals
     assert t["n_cells_in"] == 1975 + 700 + 20729 + 1107
     assert t["n_cells_kept"] + sum(t["dropped"].values()) == t["n_cells_in"]
     assert corpus.n_cells == t["n_cells_kept"] > 2_000

@@ -1,4 +1,9 @@
-"""Corpus build reporting: QC histograms and the MLflow run of a build or refresh."""
+"""A build's MLflow run: :func:`build_and_log` opens the run, builds, then logs what it made.
+
+The run is opened before the build so the manifest records its id (pretraining runs link back
+to it); parameters, metrics, the manifest and the QC histograms are logged after the build
+returns.
+"""
 
 from __future__ import annotations
 
@@ -9,6 +14,7 @@ import numpy as np
 
 if TYPE_CHECKING:
     from scfm.corpus.build import BuildConfig, BuildResult
+    from scfm.corpus.manifest import Manifest
 
 logger = logging.getLogger(__name__)
 
@@ -37,9 +43,9 @@ def qc_figure(histograms: dict, edges: dict):
     return fig
 
 
-def metrics_of(manifest: dict, result: BuildResult | None = None) -> dict[str, float]:
+def metrics_of(manifest: Manifest, result: BuildResult | None = None) -> dict[str, float]:
     """Flat MLflow metrics of a manifest: cells in/kept/dropped by reason, genes mapped, size."""
-    t = manifest["totals"]
+    t = manifest.totals
     m: dict[str, float] = {
         "cells_in": t["n_cells_in"],
         "cells_kept": t["n_cells_kept"],
@@ -55,60 +61,82 @@ def metrics_of(manifest: dict, result: BuildResult | None = None) -> dict[str, f
     }
     for reason, n in t["dropped"].items():
         m[f"dropped_{reason}"] = n
-    genes_in = sum(d["genes"]["n_input"] for d in manifest["datasets"])
-    genes_mapped = sum(d["genes"]["n_mapped"] for d in manifest["datasets"])
+    genes_in = sum(d.genes["n_input"] for d in manifest.datasets)
+    genes_mapped = sum(d.genes["n_mapped"] for d in manifest.datasets)
     m["genes_mapped_fraction"] = genes_mapped / genes_in if genes_in else 0.0
     m["genes_mapped_min_fraction"] = min(
-        (d["genes"]["fraction_mapped"] for d in manifest["datasets"]), default=0.0
+        (d.genes["fraction_mapped"] for d in manifest.datasets), default=0.0
     )
     for k in ("added", "changed", "removed", "unchanged"):
-        m[f"datasets_{k}"] = len(manifest["changes"][k])
+        m[f"datasets_{k}"] = len(manifest.changes[k])
     if result is not None:
         m["seconds"] = result.seconds
         m["units_processed"] = result.units_processed
         m["units_reused"] = result.units_reused
         m["cells_per_s"] = t["n_cells_in"] / result.seconds if result.seconds else 0.0
         if result.unit_results:
-            m["peak_worker_rss_mb"] = max(r.get("peak_rss_mb", 0.0) for r in result.unit_results)
+            m["peak_worker_rss_mb"] = max(r.peak_rss_mb for r in result.unit_results)
     return m
 
 
-def log_build(result: BuildResult, cfg: BuildConfig) -> str:
-    """Log a build/refresh as a run of experiment ``corpus``; returns the run id."""
+def build_and_log(cfg: BuildConfig) -> BuildResult:
+    """Build (or refresh) and, with ``cfg.mlflow``, track it as a run of experiment ``corpus``.
+
+    The run id goes into the manifest; the run is named after the committed version.
+    """
+    from scfm import tracking
+    from scfm.corpus.build import build_corpus
+
+    if not cfg.mlflow:
+        return build_corpus(cfg)
+    tags = {
+        "scfm.corpus_uri": cfg.output,
+        "scfm.corpus_kind": "refresh" if cfg.refresh else "build",
+    }
+    with tracking.start_run("corpus", run_name=cfg.run_name, tags=tags) as run:
+        result = build_corpus(cfg, mlflow_run_id=run.info.run_id)
+        log_build(result, cfg)
+    return result
+
+
+def log_build(result: BuildResult, cfg: BuildConfig) -> None:
+    """Log a committed build into the active MLflow run."""
+    import mlflow
+
     from scfm import tracking
 
     man = result.manifest
-    name = cfg.run_name or f"{man['kind']} v{man['corpus_version']}"
-    tags = {
-        "scfm.corpus_uri": cfg.output,
-        "scfm.corpus_version": str(man["corpus_version"]),
-        "scfm.corpus_kind": man["kind"],
-    }
-    with tracking.start_run("corpus", run_name=name, tags=tags) as run:
-        tracking.log_params_flat(
-            {
-                "output": cfg.output,
-                "kind": man["kind"],
-                "corpus_version": man["corpus_version"],
-                "code_version": man["code_version"],
-                "vocab_checksum": man["vocab_checksum"][:16],
-                **{
-                    f"source.{s['name']}": {"spec": s["spec"], "release": s["release"]}
-                    for s in man["sources"]
-                },
-                **cfg.settings(),
-            }
-        )
-        tracking.log_metrics(metrics_of(man, result))
-        tracking.log_json(man, "manifest.json")
-        versions = {f"{d['source']}:{d['dataset_id']}": d["version"] for d in man["datasets"]}
-        tracking.log_json(
-            {"datasets": versions, "quarantined": man["quarantined"], "changes": man["changes"]},
-            "dataset_versions.json",
-        )
-        try:
-            fig = qc_figure(result.histograms, man["qc_hist_edges"])
-            tracking.log_figure(fig, "qc_histograms.png")
-        except Exception as exc:  # noqa: BLE001 - a plot must never fail a committed build
-            logger.warning("QC plot failed: %s", exc)
-        return run.info.run_id
+    if not cfg.run_name:
+        mlflow.set_tag("mlflow.runName", f"{man.kind} v{man.corpus_version}")
+    mlflow.set_tags(
+        {"scfm.corpus_version": str(man.corpus_version), "scfm.manifest_sha256": man.checksum}
+    )
+    tracking.log_params_flat(
+        {
+            "output": cfg.output,
+            "kind": man.kind,
+            "corpus_version": man.corpus_version,
+            "code_version": man.code_version,
+            "code_revision": man.code_revision,
+            "fingerprint": man.fingerprint,
+            "vocab_checksum": man.vocab_checksum[:16],
+            **{f"source.{s.name}": {"spec": s.spec, "release": s.release} for s in man.sources},
+            **cfg.settings(),
+        }
+    )
+    tracking.log_metrics(metrics_of(man, result))
+    tracking.log_json(man.to_dict(), "manifest.json")
+    versions = {d.label: d.version for d in man.datasets}
+    tracking.log_json(
+        {
+            "datasets": versions,
+            "quarantined": [q.__dict__ for q in man.quarantined],
+            "changes": man.changes,
+        },
+        "dataset_versions.json",
+    )
+    try:
+        fig = qc_figure(result.histograms, man.qc_hist_edges)
+        tracking.log_figure(fig, "qc_histograms.png")
+    except Exception as exc:  # noqa: BLE001 - a plot must never fail a committed build
+        logger.warning("QC plot failed: %s", exc)

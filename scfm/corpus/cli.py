@@ -8,11 +8,14 @@ from __future__ import annotations
 import logging
 import sys
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.console import Console
 from rich.table import Table
+
+if TYPE_CHECKING:
+    from scfm.corpus.manifest import Manifest
 
 corpus_app = typer.Typer(
     help="Build and refresh the training corpus (sparse parquet shards + manifest).",
@@ -67,7 +70,8 @@ def _sources(census_version, census_uri, obs_filter, h5ad, tenx, dirs):
 
 
 def _run(refresh: bool, sources, output: str, **kw) -> None:
-    from scfm.corpus.build import BuildConfig, build_corpus, summary_rows
+    from scfm.corpus.build import BuildConfig, summary_rows
+    from scfm.corpus.build_report import build_and_log
     from scfm.corpus.qc import QCConfig
 
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
@@ -84,7 +88,7 @@ def _run(refresh: bool, sources, output: str, **kw) -> None:
         max_mito_fraction=kw.pop("max_mito"),
     )
     cfg = BuildConfig(output=output, sources=sources, qc=qc, refresh=refresh, **kw)
-    result = build_corpus(cfg)
+    result = build_and_log(cfg)
     print_summary(result.manifest, summary_rows(result.manifest))
     console.print(
         f"manifest: {result.manifest_path}  ({result.seconds:.1f} s"
@@ -105,14 +109,14 @@ def _sources_from_last_manifest(output: str):
     man = load_manifest(fs, root)
     if man is None:
         return []
-    return [source_from_config(s["config"]) for s in man["sources"]]
+    return [source_from_config(s.config) for s in man.sources]
 
 
-def print_summary(manifest: dict, rows: list[dict], out: Console | None = None) -> None:
+def print_summary(manifest: Manifest, rows: list[dict], out: Console | None = None) -> None:
     """The per-data-set summary table of a build (and the change counts vs the last version)."""
     out = out or console
-    t = manifest["totals"]
-    table = Table(title=f"corpus v{manifest['corpus_version']} ({manifest['kind']})")
+    t = manifest.totals
+    table = Table(title=f"corpus v{manifest.corpus_version} ({manifest.kind})")
     for col, just in (
         ("source", "left"),
         ("dataset", "left"),
@@ -150,7 +154,7 @@ def print_summary(manifest: dict, rows: list[dict], out: Console | None = None) 
         ", ".join(f"{k} {v:,}" for k, v in t["dropped"].items() if v),
     )
     out.print(table)
-    ch = manifest["changes"]
+    ch = manifest.changes
     out.print(", ".join(f"{k}: {len(v)}" for k, v in ch.items()))
 
 

@@ -21,6 +21,7 @@ import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
 from scfm.corpus import manifest as mf
+from scfm.corpus.manifest import Manifest
 from scfm.corpus.shards import join, resolve
 from scfm.data.packed import PackedCells
 
@@ -41,23 +42,23 @@ class Corpus:
     uri: str
     fs: pafs.FileSystem
     root: str
-    manifest: dict
+    manifest: Manifest
 
     @property
     def version(self) -> int:
-        return int(self.manifest["corpus_version"])
+        return int(self.manifest.corpus_version)
 
     @property
     def shard_paths(self) -> list[str]:
         """Full paths (on :attr:`fs`) of the shards of this version."""
-        return [join(self.root, p) for p in mf.shard_paths(self.manifest)]
+        return [join(self.root, p) for p in self.manifest.shard_paths()]
 
     @property
     def n_cells(self) -> int:
-        return int(self.manifest["totals"]["n_cells_kept"])
+        return self.manifest.n_cells
 
     def n_cells_split(self, split: Split) -> int:
-        return int(self.manifest["totals"][f"n_cells_{split}"])
+        return int(self.manifest.totals[f"n_cells_{split}"])
 
     def iter_tables(
         self,

@@ -107,15 +107,12 @@ def shard_stem(unit: WorkUnit, fingerprint: str, block_cells: int) -> str:
 
 
 @dataclass(frozen=True)
-class ShardInfo:
+class ShardRecord:
     """A written shard file (path relative to the corpus root)."""
 
     path: str
     n_cells: int
     bytes: int
-
-    def to_dict(self) -> dict:
-        return {"path": self.path, "n_cells": self.n_cells, "bytes": self.bytes}
 
 
 def write_shards(
@@ -125,7 +122,7 @@ def write_shards(
     table: pa.Table,
     max_cells_per_shard: int,
     compression: str = "zstd",
-) -> list[ShardInfo]:
+) -> list[ShardRecord]:
     """Write ``table`` as ``<stem>-<k>.parquet`` files of at most ``max_cells_per_shard`` rows.
 
     A block with no kept cells writes nothing (the manifest still counts its dropped cells).
@@ -165,7 +162,7 @@ def write_shards(
         )
         size = fs.get_file_info(tmp).size
         fs.move(tmp, path)
-        shards.append(ShardInfo(rel, part.num_rows, int(size)))
+        shards.append(ShardRecord(rel, part.num_rows, int(size)))
     return shards
 
 

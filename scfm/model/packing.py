@@ -77,9 +77,7 @@ def to_padded(
     return ids, vals, padding_mask
 
 
-def from_padded(
-    ids: Tensor, vals: Tensor, padding_mask: Tensor
-) -> tuple[Tensor, Tensor, Tensor]:
+def from_padded(ids: Tensor, vals: Tensor, padding_mask: Tensor) -> tuple[Tensor, Tensor, Tensor]:
     """Inverse of :func:`to_padded`: ``(B, L)`` → flat ``(nnz,)`` ids and values, offsets."""
     valid = ~padding_mask  # (B, L)
     lengths = valid.sum(dim=1)  # (B,)

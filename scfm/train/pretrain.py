@@ -6,8 +6,6 @@ a local Ray (started on demand) and unchanged inside ``ray job submit`` on a clu
 
 from __future__ import annotations
 
-import hashlib
-import json
 import logging
 import tempfile
 from dataclasses import dataclass
@@ -32,15 +30,14 @@ class PretrainResult:
 
 def corpus_info(corpus) -> dict[str, str]:
     """Corpus version, manifest checksum and build run, linking the run to the data it saw."""
-    raw = json.dumps(corpus.manifest, sort_keys=True).encode()
     info = {
         "corpus.uri": corpus.uri,
         "corpus.version": str(corpus.version),
-        "corpus.manifest_sha256": hashlib.sha256(raw).hexdigest(),
+        "corpus.manifest_sha256": corpus.manifest.checksum,
         "corpus.n_cells": str(corpus.n_cells),
     }
-    if corpus.manifest.get("mlflow_run_id"):
-        info["corpus.mlflow_run_id"] = str(corpus.manifest["mlflow_run_id"])
+    if corpus.manifest.mlflow_run_id:
+        info["corpus.mlflow_run_id"] = corpus.manifest.mlflow_run_id
     return info
 
 
@@ -162,6 +159,7 @@ def run_pretraining(
         "scfm.resumed_from": resume_from or "",
         "scfm.corpus_version": info["corpus.version"],
         "scfm.corpus_uri": info["corpus.uri"],
+        "scfm.corpus_run_id": info.get("corpus.mlflow_run_id", ""),
         **(tags or {}),
     }
     with start_run(

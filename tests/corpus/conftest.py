@@ -69,21 +69,21 @@ def assert_same_corpus(uri_a: str, uri_b: str) -> None:
             "n_cells_val",
         )
         return [
-            {k: d[k] for k in keep} | {"shards": [s["path"] for s in d["shards"]]}
-            for d in m["datasets"]
+            {k: getattr(d, k) for k in keep} | {"shards": [s.path for s in d.shards]}
+            for d in m.datasets
         ]
 
     assert comparable(ma) == comparable(mb)
-    assert [(q["source"], q["dataset_id"]) for q in ma["quarantined"]] == [
-        (q["source"], q["dataset_id"]) for q in mb["quarantined"]
+    assert [(q.source, q.dataset_id) for q in ma.quarantined] == [
+        (q.source, q.dataset_id) for q in mb.quarantined
     ]
 
 
-def assert_arithmetic(manifest: dict) -> None:
+def assert_arithmetic(manifest) -> None:
     """Every input cell is kept or dropped under exactly one reason, per data set and in total."""
-    for d in manifest["datasets"]:
-        assert d["n_cells_kept"] + sum(d["dropped"].values()) == d["n_cells_in"], d["dataset_id"]
-        assert sum(s["n_cells"] for s in d["shards"]) == d["n_cells_kept"]
-    t = manifest["totals"]
+    for d in manifest.datasets:
+        assert d.n_cells_kept + sum(d.dropped.values()) == d.n_cells_in, d.dataset_id
+        assert sum(s.n_cells for s in d.shards) == d.n_cells_kept
+    t = manifest.totals
     assert t["n_cells_kept"] + sum(t["dropped"].values()) == t["n_cells_in"]
     assert t["n_cells_train"] + t["n_cells_val"] == t["n_cells_kept"]

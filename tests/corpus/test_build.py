@@ -13,6 +13,7 @@ import scipy.sparse as sp
 
 from scfm import datasets
 from scfm.corpus.build import BuildConfig, build_corpus
+from scfm.corpus.build_report import build_and_log
 from scfm.corpus.qc import QCConfig
 from scfm.corpus.sources import CensusSource, H5ADSource, TenXSource
 from scfm.data.io import read_counts
@@ -34,7 +35,7 @@ def census_build(census_store, ray_local, tmp_path_factory, mlflow_uri_module):
         val_fraction=0.1,
         progress=False,
     )
-    return cfg, build_corpus(cfg)
+    return cfg, build_and_log(cfg)
 
 
 @pytest.fixture(scope="module")
@@ -77,29 +78,29 @@ def test_census_build_keeps_or_counts_every_primary_cell(census_build, census_st
     cfg, result = census_build
     man = result.manifest
     assert result.exit_code == 0
-    assert man["quarantined"] == []
+    assert man.quarantined == []
     assert_arithmetic(man)
     # non-primary cells are filtered at the source and never counted as input
-    assert man["totals"]["n_cells_in"] == census_store.n_primary_cells == 5782
+    assert man.totals["n_cells_in"] == census_store.n_primary_cells == 5782
     adata, X, mapped, ids = _census_expected(census_store.uri, vocab)
     nnz = np.diff(X.indptr)
     by_ds = adata.obs.assign(nnz=nnz).groupby("dataset_id", observed=True)["nnz"]
-    for d in man["datasets"]:
-        n_genes = by_ds.get_group(d["dataset_id"]).to_numpy()
-        assert d["n_cells_in"] == len(n_genes)
-        assert d["dropped"]["min_genes"] == int((n_genes <= MIN_GENES).sum())
-        assert d["n_blocks"] == -(-len(n_genes) // 700)
-        assert d["version"] == next(
-            s.dataset_version_id for s in census_store.datasets if s.dataset_id == d["dataset_id"]
+    for d in man.datasets:
+        n_genes = by_ds.get_group(d.dataset_id).to_numpy()
+        assert d.n_cells_in == len(n_genes)
+        assert d.dropped["min_genes"] == int((n_genes <= MIN_GENES).sum())
+        assert d.n_blocks == -(-len(n_genes) // 700)
+        assert d.version == next(
+            s.dataset_version_id for s in census_store.datasets if s.dataset_id == d.dataset_id
         )
-    assert man["sources"][0]["release"]["census_build_date"] == census_store.build_date
+    assert man.sources[0].release["census_build_date"] == census_store.build_date
 
 
 def test_census_counts_round_trip_exactly(census_build, census_store, vocab):
     cfg, result = census_build
     df = corpus_frame(cfg.output)
     assert df["cell_id"].is_unique
-    assert len(df) == result.manifest["totals"]["n_cells_kept"]
+    assert len(df) == result.manifest.totals["n_cells_kept"]
     adata, X, mapped, ids = _census_expected(census_store.uri, vocab)
     pos = pd.Series(np.arange(len(ids)), index=ids)
     rows = pos[df["cell_id"]].to_numpy()
@@ -111,7 +112,7 @@ def test_census_counts_round_trip_exactly(census_build, census_store, vocab):
     assert np.array_equal(df["total_counts"].to_numpy(), adata.obs["raw_sum"].to_numpy()[rows])
     assert (df["cell_type"].to_numpy() == adata.obs["cell_type"].astype(str).to_numpy()[rows]).all()
     # shards are bounded: no file holds more than max_cells_per_shard rows
-    assert max(s["n_cells"] for d in result.manifest["datasets"] for s in d["shards"]) <= 400
+    assert max(s.n_cells for d in result.manifest.datasets for s in d.shards) <= 400
     val = (df["split"] == "val").mean()
     assert 0.05 < val < 0.15
 
@@ -123,7 +124,7 @@ def test_census_build_is_an_mlflow_run_with_metrics(census_build, census_store, 
     runs = mlflow.search_runs(experiment_names=["corpus"], output_format="list")
     assert [r.info.run_id for r in runs] == [result.mlflow_run_id]
     run = runs[0]
-    t = result.manifest["totals"]
+    t = result.manifest.totals
     assert run.data.metrics["cells_in"] == t["n_cells_in"] == 5782
     assert run.data.metrics["cells_kept"] == t["n_cells_kept"]
     assert run.data.metrics["dropped_min_genes"] == t["dropped"]["min_genes"] > 0
@@ -181,24 +182,24 @@ def test_files_build_with_bad_inputs_quarantined(ray_local, tmp_path, bad_inputs
     result = build_corpus(cfg)
     man = result.manifest
     assert result.exit_code == 1  # --strict and quarantined inputs
-    q = {x["dataset_id"]: x for x in man["quarantined"]}
+    q = {x.dataset_id: x for x in man.quarantined}
     assert set(q) == {"pbmc68k_reduced.h5ad", "corrupt.h5ad", "empty.h5ad", "mouse_like.h5ad"}
     assert (
-        q["corrupt.h5ad"]["stage"] == "open" and "CorruptInputError" in q["corrupt.h5ad"]["error"]
+        q["corrupt.h5ad"].stage == "open" and "CorruptInputError" in q["corrupt.h5ad"].error
     )
-    assert q["empty.h5ad"]["error"] == "empty data set: 0 cells"
-    assert q["pbmc68k_reduced.h5ad"]["stage"] == "validate"
-    assert "negative values" in q["pbmc68k_reduced.h5ad"]["error"]
-    assert "mouse symbols" in q["mouse_like.h5ad"]["error"]
+    assert q["empty.h5ad"].error == "empty data set: 0 cells"
+    assert q["pbmc68k_reduced.h5ad"].stage == "validate"
+    assert "negative values" in q["pbmc68k_reduced.h5ad"].error
+    assert "mouse symbols" in q["mouse_like.h5ad"].error
     assert_arithmetic(man)
-    ok = {d["dataset_id"]: d for d in man["datasets"]}
+    ok = {d.dataset_id: d for d in man.datasets}
     assert set(ok) == {
         "kang2018_pbmc_ifnb.h5ad",
         "filtered_feature_bc_matrix",
         "filtered_feature_bc_matrix.h5",
         "filtered_gene_bc_matrices_h5.h5",
     }
-    assert ok["kang2018_pbmc_ifnb.h5ad"]["n_blocks"] == 4  # 1,975 cells, backed, 500 per block
+    assert ok["kang2018_pbmc_ifnb.h5ad"].n_blocks == 4  # 1,975 cells, backed, 500 per block
     df = corpus_frame(cfg.output)
     from scfm.data.genes import GeneVocab
 
@@ -210,8 +211,8 @@ def test_files_build_with_bad_inputs_quarantined(ray_local, tmp_path, bad_inputs
         adata = read_counts(path)
         nnz = np.diff(sp.csr_matrix(adata.X).indptr)
         keep = nnz > MIN_GENES
-        assert ok[ds_id]["n_cells_in"] == adata.n_obs
-        assert ok[ds_id]["n_cells_kept"] == int(keep.sum())
+        assert ok[ds_id].n_cells_in == adata.n_obs
+        assert ok[ds_id].n_cells_kept == int(keep.sum())
         expected = vocab.map(adata.var_names).apply(adata.X)[keep]
         sub = df[df["dataset_id"] == ds_id]
         pos = pd.Series(np.arange(adata.n_obs), index=adata.obs_names)
@@ -241,17 +242,17 @@ def test_quarantine_does_not_stop_a_non_strict_build(tmp_path, bad_inputs):
     )
     result = build_corpus(cfg)
     assert result.exit_code == 0
-    assert result.manifest["totals"]["n_cells_kept"] == 700
-    assert [q["dataset_id"] for q in result.manifest["quarantined"]] == ["corrupt.h5ad"]
+    assert result.manifest.totals["n_cells_kept"] == 700
+    assert [q.dataset_id for q in result.manifest.quarantined] == ["corrupt.h5ad"]
 
     # A refresh keeps an unchanged bad input quarantined without reading it again; once the
     # file changes (here: replaced by a good one) it is processed.
     again = build_corpus(dataclasses.replace(cfg, refresh=True))
     assert again.units_processed == 0
-    assert again.manifest["quarantined"] == result.manifest["quarantined"]
-    assert sorted(again.manifest["changes"]["unchanged"]) == ["h5ad:corrupt.h5ad", "h5ad:pbmc.h5ad"]
+    assert again.manifest.quarantined == result.manifest.quarantined
+    assert sorted(again.manifest.changes["unchanged"]) == ["h5ad:corrupt.h5ad", "h5ad:pbmc.h5ad"]
     shutil.copy(datasets.fetch("pbmc68k_counts"), corrupt)
     fixed = build_corpus(dataclasses.replace(cfg, refresh=True))
-    assert fixed.manifest["changes"]["changed"] == ["h5ad:corrupt.h5ad"]
-    assert fixed.manifest["quarantined"] == [] and fixed.units_processed == 1
-    assert fixed.manifest["totals"]["n_cells_kept"] == 1400
+    assert fixed.manifest.changes["changed"] == ["h5ad:corrupt.h5ad"]
+    assert fixed.manifest.quarantined == [] and fixed.units_processed == 1
+    assert fixed.manifest.totals["n_cells_kept"] == 1400

@@ -6,6 +6,7 @@ from typer.testing import CliRunner
 
 from scfm import datasets
 from scfm.corpus.cli import corpus_app
+from scfm.corpus.manifest import Manifest
 
 
 def test_corpus_build_and_refresh_commands(tmp_path):
@@ -35,12 +36,12 @@ def test_corpus_build_and_refresh_commands(tmp_path):
         ["refresh", "-o", str(out), "--executor", "local", "--no-mlflow", "--min-genes", "100"],
     )
     assert res.exit_code == 0, res.output
-    man = json.loads((out / "manifests" / "manifest-000003.json").read_text())
-    assert man["kind"] == "refresh"
-    assert sorted(man["changes"]["unchanged"]) == [
+    man = Manifest.from_dict(json.loads((out / "manifests" / "manifest-000003.json").read_text()))
+    assert man.kind == "refresh"
+    assert sorted(man.changes["unchanged"]) == [
         "h5ad:pbmc68k_reduced.h5ad",  # the same bad file: still quarantined, not re-read
         "h5ad:pbmc68k_reduced_counts.h5ad",
     ]
-    assert man["changes"]["changed"] == []
-    assert [q["dataset_id"] for q in man["quarantined"]] == ["pbmc68k_reduced.h5ad"]
-    assert man["totals"]["n_cells_in"] == 700
+    assert man.changes["changed"] == []
+    assert [q.dataset_id for q in man.quarantined] == ["pbmc68k_reduced.h5ad"]
+    assert man.totals["n_cells_in"] == 700

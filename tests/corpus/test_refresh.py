@@ -55,23 +55,23 @@ def test_file_refresh_after_add_change_remove_equals_fresh_build(tmp_path, kang)
     source = DirectorySource(root=str(src_dir), name="lab")
     out = tmp_path / "corpus"
     v1 = build_corpus(_cfg(out, source)).manifest
-    assert {d["dataset_id"] for d in v1["datasets"]} == {"a.h5ad", "b.h5ad", "tenx/c.h5"}
+    assert {d.dataset_id for d in v1.datasets} == {"a.h5ad", "b.h5ad", "tenx/c.h5"}
 
     kang[1200:1500].write_h5ad(src_dir / "d.h5ad")  # added
     kang[600:900].write_h5ad(src_dir / "b.h5ad")  # changed (new content, new sha256)
     (src_dir / "tenx" / "c.h5").unlink()  # removed
     refreshed = build_corpus(_cfg(out, source, refresh=True))
     v2 = refreshed.manifest
-    assert v2["corpus_version"] == 2 and v2["parent_version"] == 1 and v2["kind"] == "refresh"
-    assert v2["changes"] == {
+    assert v2.corpus_version == 2 and v2.parent_version == 1 and v2.kind == "refresh"
+    assert v2.changes == {
         "added": ["lab:d.h5ad"],
         "changed": ["lab:b.h5ad"],
         "removed": ["lab:tenx/c.h5"],
         "unchanged": ["lab:a.h5ad"],
     }
     assert refreshed.units_processed == 2  # d (300 cells) and b (300 cells): one block each
-    a1 = next(d for d in v1["datasets"] if d["dataset_id"] == "a.h5ad")
-    a2 = next(d for d in v2["datasets"] if d["dataset_id"] == "a.h5ad")
+    a1 = next(d for d in v1.datasets if d.dataset_id == "a.h5ad")
+    a2 = next(d for d in v2.datasets if d.dataset_id == "a.h5ad")
     assert a1 == a2  # reused as is, shards and all
     assert_arithmetic(v2)
 
@@ -80,7 +80,7 @@ def test_file_refresh_after_add_change_remove_equals_fresh_build(tmp_path, kang)
     assert_same_corpus(str(out), str(fresh))
     # readers of the previous version still find all of its shards (keep_versions=2)
     old = open_corpus(str(out), version=1)
-    assert old.read_table().num_rows == v1["totals"]["n_cells_kept"]
+    assert old.read_table().num_rows == v1.totals["n_cells_kept"]
 
 
 def test_census_refresh_on_a_new_release_equals_fresh_build(tmp_path, census_store):
@@ -101,12 +101,12 @@ def test_census_refresh_on_a_new_release_equals_fresh_build(tmp_path, census_sto
     ids = {s.name: s.dataset_id for s in new_release} | {
         "papalexi2021": specs["papalexi2021"].dataset_id
     }
-    assert man["changes"]["added"] == [f"census:{ids['papalexi2021-rep']}"]
-    assert man["changes"]["changed"] == [f"census:{ids['pbmc68k']}"]
-    assert man["changes"]["removed"] == [f"census:{ids['papalexi2021']}"]
-    assert len(man["changes"]["unchanged"]) == 3
+    assert man.changes["added"] == [f"census:{ids['papalexi2021-rep']}"]
+    assert man.changes["changed"] == [f"census:{ids['pbmc68k']}"]
+    assert man.changes["removed"] == [f"census:{ids['papalexi2021']}"]
+    assert len(man.changes["unchanged"]) == 3
     assert result.units_processed == 2 + 4  # pbmc68k v2 (500 cells), papalexi-rep (1,000)
-    assert man["sources"][0]["release"]["census_build_date"] == "2025-07-01"
+    assert man.sources[0].release["census_build_date"] == "2025-07-01"
     fresh = tmp_path / "fresh"
     build_corpus(_cfg(fresh, CensusSource(uri=store2.uri)))
     assert_same_corpus(str(out), str(fresh))
@@ -167,19 +167,19 @@ def test_killed_refresh_then_rerun_is_consistent(tmp_path, kang, ray_local):
     # what a reader sees: still version 1, complete
     assert list_versions(*_fs(out)) == [1]
     c = open_corpus(str(out))
-    assert c.version == 1 and c.read_table().num_rows == v1["totals"]["n_cells_kept"]
+    assert c.version == 1 and c.read_table().num_rows == v1.totals["n_cells_kept"]
 
     # re-run (same job, in-process): resumes the finished blocks, commits version 2
     result = build_corpus(_cfg(out, DirectorySource(root=str(src_dir), name="dir"), refresh=True))
     assert result.units_reused >= finished_blocks - 1  # a block killed mid-checkpoint is redone
     assert result.units_processed + result.units_reused == 70
     man = result.manifest
-    assert man["corpus_version"] == 2
+    assert man.corpus_version == 2
     assert_arithmetic(man)
     df = corpus_frame(str(out))
     assert df["cell_id"].is_unique
-    assert len(df) == man["totals"]["n_cells_kept"]
-    assert man["totals"]["n_cells_in"] == 400 + 20729
+    assert len(df) == man.totals["n_cells_kept"]
+    assert man.totals["n_cells_in"] == 400 + 20729
     # garbage collection removed temporary files and checkpoints of the killed run
     leftovers = [p for p in out.rglob("*") if TMP_MARK in p.name]
     assert leftovers == [] and not list(units_dir.glob("*.json"))

@@ -60,7 +60,7 @@ def test_census_store_holds_the_generated_cells_and_builds(tmp_path):
             progress=False,
         )
     )
-    totals = result.manifest["totals"]
+    totals = result.manifest.totals
     assert totals["n_cells_in"] == 450
     assert totals["n_cells_kept"] + sum(totals["dropped"].values()) == 450
 

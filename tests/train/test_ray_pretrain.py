@@ -43,12 +43,43 @@ def _history(run_id: str, key: str) -> list[tuple[int, float]]:
     return [(m.step, m.value) for m in mlflow.MlflowClient().get_metric_history(run_id, key)]
 
 
-def test_two_workers_learn_register_and_resume(
-    ray_local, mlflow_uri, kang_corpus, tmp_path, kang_vocab_counts
-):
-    cfg = _cfg(kang_corpus, str(tmp_path / "ray"), "run-a", steps=12)
+def _tracked_corpus(out) -> str:
+    """The Kang corpus built as an MLflow run (experiment 'corpus'), as `scfm corpus build` does."""
+    from scfm import datasets
+    from scfm.corpus.build import BuildConfig
+    from scfm.corpus.build_report import build_and_log
+    from scfm.corpus.sources import H5ADSource
+
+    build_and_log(
+        BuildConfig(
+            output=str(out),
+            sources=[H5ADSource(paths=[str(datasets.fetch("kang2018"))], name="kang")],
+            block_cells=1000,
+            val_fraction=0.1,
+            executor="local",
+            progress=False,
+        )
+    )
+    return str(out)
+
+
+def test_two_workers_learn_register_and_resume(ray_local, mlflow_uri, tmp_path, kang_vocab_counts):
+    from scfm.corpus.loader import open_corpus
+
+    corpus_uri = _tracked_corpus(tmp_path / "corpus")
+    cfg = _cfg(corpus_uri, str(tmp_path / "ray"), "run-a", steps=12)
     result = run_pretraining(cfg)
     assert result.metrics["step"] == 12
+    # the run is linked to the corpus build: its run id, version and manifest checksum
+    corpus = open_corpus(corpus_uri)
+    build_run = mlflow.search_runs(experiment_names=["corpus"], output_format="list")[0]
+    assert corpus.manifest.mlflow_run_id == build_run.info.run_id
+    pretrain_run = mlflow.get_run(result.run_id)
+    assert pretrain_run.data.params["corpus.mlflow_run_id"] == build_run.info.run_id
+    assert pretrain_run.data.tags["scfm.corpus_run_id"] == build_run.info.run_id
+    assert pretrain_run.data.params["corpus.version"] == "1"
+    assert pretrain_run.data.params["corpus.manifest_sha256"] == corpus.manifest.checksum
+    assert build_run.data.tags["scfm.manifest_sha256"] == corpus.manifest.checksum
     val = _history(result.run_id, "val_loss")
     assert [s for s, _ in val] == [0, 6, 12]  # step 0: the untrained model
     # Measured falls over these 12 steps: 5-8 % (Ray Data order varies between runs).
@@ -74,7 +105,7 @@ def test_two_workers_learn_register_and_resume(
         )
 
     # --resume continues the step counter from the run directory.
-    more = _cfg(kang_corpus, str(tmp_path / "ray"), "run-b", steps=18)
+    more = _cfg(corpus_uri, str(tmp_path / "ray"), "run-b", steps=18)
     resumed = run_pretraining(more, resume=result.run_dir)
     assert resumed.metrics["step"] == 18
     assert _history(resumed.run_id, "restored_step") == [(12, 12.0)]
