@@ -1,24 +1,37 @@
-"""Pretraining loop pieces in plain torch: one optimizer step, validation, checkpoint state.
+"""The pretraining loop in plain torch: :func:`fit` and its pieces (a step, validation).
 
-No Ray here: :mod:`scfm.train.ray_train` wraps these for Ray Train, and tests drive them on one CPU.
+``fit(model, batches, cfg, state=..., report=...)`` owns what a training run must get right:
+restoring a :class:`TrainState` (optimizer, schedule, step, epoch, data position, every rank's
+RNG), the RDA collate with per-rank randomness, gradient accumulation, validation at its cadence,
+FAVOR+ projection redraws, throughput metrics, and the checkpoint payload. It calls ``report``
+after every step; the caller decides what to log and where checkpoints go.
+
+No Ray here: :mod:`scfm.train.ray_train` is a thin adapter around :func:`fit` for Ray Train, and
+tests run :func:`fit` alone on one CPU.
 """
 
 from __future__ import annotations
 
 import contextlib
 import dataclasses
+import logging
 import math
 import time
-from collections.abc import Iterable, Iterator, Mapping
-from dataclasses import dataclass
-from typing import Any
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from dataclasses import dataclass, field
+from typing import Any, Protocol
 
 import numpy as np
 import torch
 from torch import nn
 
+from scfm.data.packed import PackedCells
 from scfm.model.rda import CellBatch, RDAConfig, collate, masked_mse
-from scfm.runtime import autocast
+from scfm.runtime import autocast, resolve_precision
+from scfm.train import distributed as dist
+from scfm.train.config import PretrainConfig
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -111,7 +124,7 @@ def rde_eval_config(rda: RDAConfig) -> RDAConfig:
 @torch.inference_mode()
 def validation_sums(
     model: nn.Module,
-    packed_batches: Iterable[Mapping[str, Any]],
+    packed_batches: Iterable[PackedCells],
     rda: RDAConfig,
     *,
     device: torch.device,
@@ -169,16 +182,16 @@ def validation_metrics(sums: Mapping[str, float]) -> dict[str, float]:
     }
 
 
-def evaluate(
+def validate(
     model: nn.Module,
-    packed_batches: Iterable[Mapping[str, Any]],
+    packed_batches: Iterable[PackedCells],
     rda: RDAConfig,
     *,
     device: torch.device,
     precision: str = "fp32",
     seed: int = 1234,
 ) -> dict[str, float]:
-    """Validation metrics over packed loader batches, with fixed randomness (one process)."""
+    """Validation metrics over packed batches, with fixed randomness (one process)."""
     sums = validation_sums(
         model, packed_batches, rda, device=device, precision=precision, seed=seed
     )
@@ -186,7 +199,7 @@ def evaluate(
 
 
 def micro_batches(
-    packed: Iterator[Mapping[str, Any]], rda: RDAConfig, rng: np.random.Generator, n: int
+    packed: Iterator[PackedCells], rda: RDAConfig, rng: np.random.Generator, n: int
 ) -> list[CellBatch] | None:
     """Collate the next ``n`` packed batches, or None when the iterator is exhausted."""
     out = []
@@ -198,21 +211,185 @@ def micro_batches(
     return out
 
 
-def training_state(
+# ------------------------------------------------------------------------------------- fit
+class Batches(Protocol):
+    """A rank's training data: the packed cells of an epoch, from a data position on.
+
+    ``epoch(e, skip)`` must yield the same batches for the same ``e`` every time it is called
+    (a seeded shuffle), so a restored run continues exactly where it stopped.
+    """
+
+    def epoch(self, epoch: int, skip: int = 0) -> Iterator[PackedCells]: ...
+
+
+@dataclass
+class TrainState:
+    """Where a run stands: enough to continue it exactly (beside the model's weights)."""
+
+    step: int = 0
+    epoch: int = 0
+    position: int = 0  # packed batches of this epoch consumed (per rank)
+    rng: list[dict] = field(default_factory=list)  # every rank's numpy generator state
+    optimizer: dict | None = None
+    scheduler: dict | None = None
+    config: dict = field(default_factory=dict)  # the PretrainConfig the state was made with
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> TrainState:
+        known = {f.name for f in dataclasses.fields(cls)}
+        return cls(**{k: v for k, v in d.items() if k in known})
+
+
+@dataclass
+class CheckpointPayload:
+    """What a checkpoint holds: full model weights (plain keys, CPU) and the train state."""
+
+    model_state: dict[str, torch.Tensor]
+    state: TrainState
+
+
+Report = Callable[[dict[str, float], int, CheckpointPayload | None], None]
+
+
+def fit(
+    model: nn.Module,
+    batches: Batches,
+    cfg: PretrainConfig,
+    *,
+    device: torch.device,
+    val: Callable[[], Iterable[PackedCells]] | None = None,
+    state: TrainState | None = None,
+    report: Report | None = None,
+    rank: int = 0,
+    world: int = 1,
+) -> TrainState:
+    """Train ``model`` (on ``device``, possibly DDP/FSDP-wrapped) to ``cfg.train.max_steps``.
+
+    Parameters
+    ----------
+    batches
+        This rank's training data (:class:`Batches`).
+    val
+        Returns this rank's validation batches (a fresh iterable per call); None = no validation.
+    state
+        Restore from this state (the model's weights are the caller's to load).
+    report
+        ``report(metrics, step, checkpoint)`` after every step (step 0: the untrained model's
+        validation, or ``restored_step`` when restored); ``checkpoint`` is a
+        :class:`CheckpointPayload` at ``checkpoint_every`` and the last step, else None. Called
+        on every rank; every rank takes part in building the payload (collectives), rank 0 has
+        to persist it.
+
+    Returns
+    -------
+    TrainState
+        The state after the last step.
+    """
+    from scfm.train.optim import build_optimizer, build_scheduler
+    from scfm.train.throughput import ThroughputMeter
+
+    train = cfg.train
+    precision = resolve_precision(train.precision, device)
+    optimizer = build_optimizer(model, train)
+    scheduler = build_scheduler(optimizer, train)
+    rng = np.random.default_rng([train.seed, rank])
+    step = epoch = position = 0
+    if state is not None:
+        if state.optimizer is not None:
+            dist.restore_optimizer(model, optimizer, state.optimizer)
+        if state.scheduler is not None:
+            scheduler.load_state_dict(state.scheduler)
+        step, epoch, position = state.step, state.epoch, state.position
+        if len(state.rng) == world:  # same world size: continue each rank's random stream
+            rng.bit_generator.state = state.rng[rank]
+        log.info("rank %d resumed at step %d (epoch %d, batch %d)", rank, step, epoch, position)
+    report = report or (lambda metrics, step, checkpoint: None)
+
+    def validate_now() -> dict[str, float]:
+        sums = validation_sums(model, val(), cfg.data.rda, device=device, precision=precision)
+        return validation_metrics(dist.all_reduce_sum(sums))
+
+    if state is not None:
+        report({"restored_step": float(step)}, step, None)
+    elif val is not None:
+        report(validate_now(), 0, None)  # the untrained model: the baseline to beat
+    accum = cfg.grad_accum_steps
+    meter = ThroughputMeter(cfg.model_config(), device)
+    it = batches.epoch(epoch, position)
+    empty_epochs = 0
+    while step < train.max_steps:
+        t_data = time.perf_counter()
+        mbs = micro_batches(it, cfg.data.rda, rng, accum)
+        meter.add_data_time(time.perf_counter() - t_data)
+        if mbs is None:
+            empty_epochs = empty_epochs + 1 if position == 0 else 0
+            if empty_epochs > 1:
+                raise RuntimeError(
+                    f"rank {rank} got no training batch in a whole epoch: fewer training cells "
+                    f"than {accum} micro-batches of {cfg.data.micro_batch_size}; use a larger "
+                    "corpus or smaller batches"
+                )
+            epoch, position = epoch + 1, 0
+            it = batches.epoch(epoch, 0)
+            continue
+        position += accum
+        res = train_step(
+            model, mbs, optimizer, scheduler, device=device, precision=precision,
+            grad_clip=train.grad_clip,
+        )  # fmt: skip
+        step += 1
+        meter.add_step(res)
+        redraw_projections_if_due(
+            model, (step - 1) * accum, step * accum, train.redraw_every, train.seed
+        )
+        metrics: dict[str, float] = {"step": step, "epoch": epoch, "loss": res.loss}
+        is_last = step == train.max_steps
+        if step % train.log_every == 0 or is_last:
+            metrics |= {"lr": res.lr, "grad_norm": res.grad_norm} | meter.flush(world)
+        if val is not None and (step % train.val_every == 0 or is_last):
+            metrics |= validate_now()
+        payload = None
+        if step % train.checkpoint_every == 0 or is_last:
+            payload = checkpoint_payload(
+                model, optimizer, scheduler, TrainState(step, epoch, position), rng, cfg, world
+            )
+        report(metrics, step, payload)
+    rngs = dist.all_gather_objects(rng.bit_generator.state, world)
+    return TrainState(step, epoch, position, rngs, config=cfg.to_dict())
+
+
+def checkpoint_payload(
+    model: nn.Module,
     optimizer: torch.optim.Optimizer,
     scheduler: torch.optim.lr_scheduler.LRScheduler,
-    *,
-    step: int,
-    epoch: int,
-    batches_in_epoch: int,
+    where: TrainState,
     rng: np.random.Generator,
-) -> dict[str, Any]:
-    """Resume state beside the model checkpoint: optimizer, schedule, step, data position, RNG."""
-    return {
-        "optimizer": optimizer.state_dict(),
-        "scheduler": scheduler.state_dict(),
-        "step": step,
-        "epoch": epoch,
-        "batches_in_epoch": batches_in_epoch,
-        "rng": rng.bit_generator.state,
-    }
+    cfg: PretrainConfig,
+    world: int,
+) -> CheckpointPayload:
+    """Full weights and train state (a collective: every rank calls it)."""
+    model_sd, optim_sd = dist.full_state_dicts(model, optimizer, cfg.scale.strategy)
+    state = TrainState(
+        step=where.step,
+        epoch=where.epoch,
+        position=where.position,
+        rng=dist.all_gather_objects(rng.bit_generator.state, world),
+        optimizer=_snapshot(optim_sd),
+        scheduler=scheduler.state_dict(),
+        config=cfg.to_dict(),
+    )
+    return CheckpointPayload(_snapshot(dist.strip_wrapper_prefix(model_sd)), state)
+
+
+def _snapshot(obj: Any) -> Any:
+    """A copy with every tensor cloned to CPU: training goes on updating the originals."""
+    if isinstance(obj, torch.Tensor):
+        return obj.detach().to("cpu", copy=True)
+    if isinstance(obj, dict):
+        return {k: _snapshot(v) for k, v in obj.items()}
+    if isinstance(obj, list | tuple):
+        return type(obj)(_snapshot(v) for v in obj)
+    return obj

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import tempfile
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -61,9 +62,14 @@ def build_trainer(
     mlflow_run: dict | None = None,
     resume_from: str | None = None,
     max_failures: int = 1,
-    fail_once_at_step: int | None = None,
+    metadata: dict | None = None,
+    train_loop: Callable[[dict], None] = train_loop_per_worker,
 ):
-    """The ``TorchTrainer`` of a run (no side effects until ``fit()``)."""
+    """The ``TorchTrainer`` of a run (no side effects until ``fit()``).
+
+    ``train_loop`` is the per-worker function (default :func:`train_loop_per_worker`; recovery
+    drills pass a wrapper that fails on purpose).
+    """
     import ray.train
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
@@ -71,12 +77,12 @@ def build_trainer(
     if cfg.scale.strategy == "fsdp" and not cfg.scale.use_gpu:
         raise ValueError("strategy 'fsdp' needs GPUs (scale.use_gpu=true); use 'ddp' on CPUs")
     return TorchTrainer(
-        train_loop_per_worker,
+        train_loop,
         train_loop_config={
             "cfg": cfg.to_dict(),
             "resume_from": resume_from,
             "mlflow": mlflow_run,
-            "fail_once_at_step": fail_once_at_step,
+            "metadata": metadata or {},
         },
         scaling_config=ScalingConfig(
             num_workers=cfg.scale.num_workers,
@@ -116,8 +122,8 @@ def run_pretraining(
     *,
     resume: str | None = None,
     max_failures: int = 1,
-    fail_once_at_step: int | None = None,
     tags: dict[str, str] | None = None,
+    train_loop: Callable[[dict], None] = train_loop_per_worker,
 ) -> PretrainResult:
     """Pretrain on ``cfg.data.corpus``; log everything to MLflow; register the final model.
 
@@ -128,8 +134,8 @@ def run_pretraining(
         schedule, step counter and data position are restored.
     max_failures
         Worker failures Ray Train recovers from by restarting at the last checkpoint.
-    fail_once_at_step
-        Fault injection for recovery drills: one worker raises once at this step.
+    train_loop
+        The per-worker function (see :func:`build_trainer`).
     tags
         Extra MLflow run tags (e.g. ``mlflow.parentRunId`` to nest the run under a sweep).
     """
@@ -180,7 +186,8 @@ def run_pretraining(
             mlflow_run={"tracking_uri": uri, "run_id": run.info.run_id},
             resume_from=resume_from,
             max_failures=max_failures,
-            fail_once_at_step=fail_once_at_step,
+            metadata=info,
+            train_loop=train_loop,
         )
         result = trainer.fit()
         if result.checkpoint is None:

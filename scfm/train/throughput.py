@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import time
+from typing import TYPE_CHECKING
 
 import torch
 
 from scfm.model.config import ModelConfig
 from scfm.model.flops import TRAIN_FLOPS_PER_FORWARD, forward_flops, peak_flops
-from scfm.train.loop import StepResult
+
+if TYPE_CHECKING:
+    from scfm.train.loop import StepResult
 
 
 class ThroughputMeter:

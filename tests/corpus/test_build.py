@@ -184,9 +184,7 @@ def test_files_build_with_bad_inputs_quarantined(ray_local, tmp_path, bad_inputs
     assert result.exit_code == 1  # --strict and quarantined inputs
     q = {x.dataset_id: x for x in man.quarantined}
     assert set(q) == {"pbmc68k_reduced.h5ad", "corrupt.h5ad", "empty.h5ad", "mouse_like.h5ad"}
-    assert (
-        q["corrupt.h5ad"].stage == "open" and "CorruptInputError" in q["corrupt.h5ad"].error
-    )
+    assert q["corrupt.h5ad"].stage == "open" and "CorruptInputError" in q["corrupt.h5ad"].error
     assert q["empty.h5ad"].error == "empty data set: 0 cells"
     assert q["pbmc68k_reduced.h5ad"].stage == "validate"
     assert "negative values" in q["pbmc68k_reduced.h5ad"].error

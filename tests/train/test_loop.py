@@ -11,9 +11,11 @@ from scfm.model.config import ModelConfig
 from scfm.model.rda import RDAConfig
 from scfm.train.config import PretrainConfig, TrainArgs
 from scfm.train.loop import (
-    evaluate,
+    TrainState,
+    fit,
     micro_batches,
     train_step,
+    validate,
     validation_metrics,
     validation_sums,
 )
@@ -70,7 +72,7 @@ def test_tiny_model_learns_real_cells(kang_vocab_counts):
     sched = build_scheduler(opt, args)
     rda = RDAConfig()
     cpu = torch.device("cpu")
-    before = evaluate(model, val, rda, device=cpu)
+    before = validate(model, val, rda, device=cpu)
     losses = []
     for step in range(args.max_steps):
         it = iter(batches[(2 * step) % 6 : (2 * step) % 6 + 2])
@@ -78,14 +80,14 @@ def test_tiny_model_learns_real_cells(kang_vocab_counts):
         res = train_step(model, mbs, opt, sched, device=cpu, grad_clip=1.0)
         assert res.cells == 16 and res.tokens > 16 * 2
         losses.append(res.loss)
-    after = evaluate(model, val, rda, device=cpu)
+    after = validate(model, val, rda, device=cpu)
     assert all(math.isfinite(v) for v in (*before.values(), *after.values()))
     # Measured: train loss 1.07 -> 0.87 and val loss 1.16 -> 0.90 over these 40 steps.
     assert np.mean(losses[-5:]) < 0.92 * np.mean(losses[:3])
     assert after["val_loss"] < 0.9 * before["val_loss"]
     assert after["val_rde_mae"] < before["val_rde_mae"]
-    # evaluation is deterministic
-    assert evaluate(model, val, rda, device=cpu) == after
+    # validation is deterministic
+    assert validate(model, val, rda, device=cpu) == after
 
 
 def test_micro_batches_stop_at_the_end_of_data(kang_vocab_counts):
@@ -140,3 +142,64 @@ def test_projections_are_redrawn_every_n_training_forwards() -> None:
     assert redraw_projections_if_due(a, 1992, 2000, every=1000, seed=3)
     assert not torch.equal(a.state_dict()[key], b.state_dict()[key])
     assert not redraw_projections_if_due(a, 0, 5000, every=0, seed=3)  # 0 = never
+
+
+class ListBatches:
+    """In-memory :class:`scfm.train.loop.Batches`: a seeded order per epoch."""
+
+    def __init__(self, batches):
+        self.batches = batches
+
+    def epoch(self, epoch: int, skip: int = 0):
+        order = np.random.default_rng(epoch).permutation(len(self.batches))
+        return iter([self.batches[i] for i in order][skip:])
+
+
+def test_fit_alone_trains_checkpoints_and_resumes_exactly(kang_vocab_counts):
+    """No Ray: fit() runs, validates, hands over checkpoints, and a run restored from its step-4
+    checkpoint ends with the weights of the uninterrupted run (CPU, one thread)."""
+    cfg = PretrainConfig.load(
+        overrides=[
+            "model=tiny", "train.max_steps=8", "train.global_batch_size=8",
+            "data.micro_batch_size=4", "train.lr=1e-2", "train.warmup_steps=2",
+            "train.val_every=4", "train.checkpoint_every=4", "train.log_every=2",
+            "train.redraw_every=4",
+        ]
+    )  # fmt: skip
+    batches = ListBatches([pack_rows(kang_vocab_counts[i : i + 4]) for i in range(0, 24, 4)])
+    val = [pack_rows(kang_vocab_counts[100:112])]
+    cpu = torch.device("cpu")
+    torch.manual_seed(0)
+    init = XTrimoGene(cfg.model_config()).state_dict()
+    reports, payloads = [], {}
+
+    def report(metrics, step, payload):
+        reports.append((step, metrics))
+        if payload is not None:
+            payloads[step] = payload
+
+    model = XTrimoGene(cfg.model_config())
+    model.load_state_dict(init)
+    final = fit(model, batches, cfg, device=cpu, val=lambda: val, report=report)
+    assert final.step == 8 and final.epoch == 2  # 3 steps per epoch of 6 batches
+    assert [s for s, _ in reports] == list(range(9))
+    assert "val_loss" in reports[0][1] and "val_loss" in reports[4][1] and "lr" in reports[2][1]
+    assert sorted(payloads) == [4, 8]
+    assert reports[8][1]["val_loss"] < reports[0][1]["val_loss"]
+
+    ck = payloads[4]
+    state = TrainState.from_dict(ck.state.to_dict())  # as read back from train_state.pt
+    assert (state.step, state.epoch, state.position) == (4, 1, 2)
+    resumed_reports = []
+    again = XTrimoGene(cfg.model_config())
+    again.load_state_dict(ck.model_state)
+    fit(
+        again, batches, cfg, device=cpu, val=lambda: val, state=state,
+        report=lambda m, step, p: resumed_reports.append((step, m)),
+    )  # fmt: skip
+    assert resumed_reports[0] == (4, {"restored_step": 4.0})
+    for key, value in model.state_dict().items():
+        torch.testing.assert_close(again.state_dict()[key], value, rtol=0, atol=1e-6, msg=key)
+    assert [m["loss"] for s, m in resumed_reports[1:]] == pytest.approx(
+        [m["loss"] for s, m in reports[5:]], abs=1e-6
+    )

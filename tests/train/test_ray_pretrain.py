@@ -12,6 +12,7 @@ from scfm.model.rda import prepare_inference
 from scfm.train.config import PretrainConfig
 from scfm.train.pretrain import download_model, latest_checkpoint, run_pretraining
 from tests.fixtures_data import pack_rows
+from tests.train.faults import failing_train_loop
 
 pytestmark = pytest.mark.slow
 
@@ -117,7 +118,7 @@ def test_injected_worker_failure_resumes_from_checkpoint(
     ray_local, mlflow_uri, kang_corpus, tmp_path
 ):
     cfg = _cfg(kang_corpus, str(tmp_path / "ray"), "run-fail", steps=12)
-    result = run_pretraining(cfg, fail_once_at_step=9, max_failures=1)
+    result = run_pretraining(cfg, train_loop=failing_train_loop(9), max_failures=1)
     assert result.metrics["step"] == 12
     # The failure struck after step 9; the run restarted at the step-6 checkpoint.
     assert _history(result.run_id, "restored_step") == [(6, 6.0)]

@@ -1,0 +1,24 @@
+"""Test-only fault injection for recovery drills: a train loop that fails on purpose.
+
+The library's public signatures carry no fault switches; a drill passes this wrapper as
+``run_pretraining(..., train_loop=failing_train_loop(9))``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from scfm.train.ray_train import train_loop_per_worker
+
+
+def failing_train_loop(fail_at_step: int) -> Callable[[dict], None]:
+    """A per-worker loop whose last rank raises once, at ``fail_at_step``, in a run not restored."""
+
+    def loop(config: dict) -> None:
+        def hook(metrics: dict, step: int, restored: bool, rank: int, world: int) -> None:
+            if step == fail_at_step and not restored and rank == world - 1:
+                raise RuntimeError(f"injected failure at step {step}")
+
+        train_loop_per_worker(config, report_hook=hook)
+
+    return loop
