@@ -36,7 +36,7 @@ import scfm  # noqa: E402
 from scfm import datasets  # noqa: E402
 from scfm.data.genes import GeneVocab  # noqa: E402
 from scfm.data.io import read_counts  # noqa: E402
-from scfm.data.prepare import prepare  # noqa: E402
+from scfm.data.prepared import prepare  # noqa: E402
 from scfm.inference.engine import InferenceEngine  # noqa: E402
 from scfm.model import performer  # noqa: E402
 from tests.official_reference import (  # noqa: E402
@@ -144,7 +144,7 @@ def main() -> None:
         results.append(
             ("gene embeddings (decoder states)", per_cell(g.values, expected_genes), t_off, t_ours)
         )
-        engine = InferenceEngine(scfm.load_model(path, variant="gene", device="cpu"), device="cpu")
+        engine = InferenceEngine(scfm.load_model(path, variant="gene", device="cpu").module, "cpu")
         block = next(prepare(cells, gene_matching="exact").blocks("vocab_genes"))
         pred, t_ours = timed(lambda: engine.predict(block.batch(), depth="t4"))
         results.append(("decoder expression", per_cell(pred, expected_expr), float("nan"), t_ours))

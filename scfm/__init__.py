@@ -23,7 +23,7 @@ _lazy.install(
         "gene_embeddings": "scfm.inference.gene_embeddings",
         "enhance": "scfm.inference.enhance",
         "load_model": "scfm.inference.loading",
-        "prepare": "scfm.data.prepare",
+        "prepare": "scfm.data.prepared",
     },
 )
 __all__ = ["__version__", *__all__]  # noqa: F821 (set by _lazy.install)

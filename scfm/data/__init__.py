@@ -4,7 +4,7 @@
 * :mod:`~scfm.data.validate` — count validation with errors that name the fix;
 * :mod:`~scfm.data.genes` — the 19,264-gene vocabulary and the mapping of any gene list onto it;
 * :mod:`~scfm.data.packed` — :class:`PackedCells`, the batch type of loader and model;
-* :mod:`~scfm.data.prepare` — :func:`prepare` (validate + map an AnnData once) and the model-input
+* :mod:`~scfm.data.prepared` — :func:`prepare` (validate + map an AnnData once) and the model-input
   blocks of every input mode;
 * :mod:`~scfm.data.report` — the mapping / validation report of ``scfm genes map``.
 
@@ -26,7 +26,7 @@ _lazy.install(
         "GeneMapping": "scfm.data.genes",
         "PackedCells": "scfm.data.packed",
         "NormalizedCells": "scfm.data.packed",
-        "prepare": "scfm.data.prepare",
-        "PreparedInput": "scfm.data.prepare",
+        "prepare": "scfm.data.prepared",
+        "PreparedInput": "scfm.data.prepared",
     },
 )

@@ -10,7 +10,7 @@ B cells in CSR form (nonzero genes only, never 19,264 columns)::
 
 :class:`NormalizedCells` carries the same layout with model-scale values (``log1p`` of normalized
 expression) and the depth token S instead of raw counts and totals: what inference feeds the model
-when the input was declared normalized (see :mod:`scfm.data.prepare`).
+when the input was declared normalized (see :mod:`scfm.data.prepared`).
 
 Gene-index widths: int16 on disk (the corpus schema), int32 here, int64 only as torch index
 tensors inside the model.

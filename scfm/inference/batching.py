@@ -1,6 +1,6 @@
 """Length-sorted batches: cells of similar length go together, so a batch pads little.
 
-Within a block (:mod:`scfm.data.prepare`), cells are sorted by their number of nonzero genes
+Within a block (:mod:`scfm.data.prepared`), cells are sorted by their number of nonzero genes
 and cut into batches; results are written back in the original order.
 """
 

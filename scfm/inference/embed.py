@@ -26,7 +26,7 @@ import torch
 from tqdm.auto import tqdm
 
 from scfm.data.packed import N_GENES, PackedCells
-from scfm.data.prepare import DEFAULT_BLOCK_ROWS, ModelBlock, counts_block
+from scfm.data.prepared import DEFAULT_BLOCK_ROWS, ModelBlock, counts_block
 from scfm.data.validate import DEFAULT_MIN_MAPPED_FRACTION
 from scfm.inference.batching import length_sorted_batches
 from scfm.inference.engine import (
@@ -72,7 +72,7 @@ def embed(
     adata
         AnnData with raw counts in ``X`` (or ``layer``); dense, sparse or backed
         (``anndata.read_h5ad(path, backed="r")``). Gene ids: symbols or Ensembl ids. Or a
-        :class:`~scfm.data.prepare.PreparedInput` from :func:`scfm.inference.prepare`.
+        :class:`~scfm.data.prepared.PreparedInput` from :func:`scfm.inference.prepare`.
     model
         An :class:`~scfm.model.XTrimoGene`, a checkpoint folder/file, an official
         ``models.ckpt`` or an MLflow URI ``models:/name/version`` (see :func:`load_model`).

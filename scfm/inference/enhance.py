@@ -22,7 +22,7 @@ import scipy.sparse as sp
 import torch
 from tqdm.auto import tqdm
 
-from scfm.data.prepare import DEFAULT_BLOCK_ROWS, SCALE, PreparedInput
+from scfm.data.prepared import DEFAULT_BLOCK_ROWS, SCALE, PreparedInput
 from scfm.data.validate import DEFAULT_MIN_MAPPED_FRACTION, iter_row_blocks
 from scfm.inference.batching import length_sorted_batches
 from scfm.inference.pipeline import ModelSpec, start_run, store_record
@@ -83,7 +83,7 @@ def enhance(
     ----------
     adata
         In-memory AnnData with raw counts in ``X`` (or ``layer``), or a
-        :class:`~scfm.data.prepare.PreparedInput` of one.
+        :class:`~scfm.data.prepared.PreparedInput` of one.
     model
         Model or spec (see :func:`scfm.inference.load_model`); official files use ``variant``.
     target_total

@@ -80,7 +80,7 @@ def gene_embeddings(
     ----------
     adata
         AnnData with raw counts (validated as for :func:`scfm.embed`), or a
-        :class:`~scfm.data.prepare.PreparedInput`.
+        :class:`~scfm.data.prepared.PreparedInput`.
     model
         Model or spec (see :func:`scfm.inference.load_model`); official files use ``variant``.
     cells

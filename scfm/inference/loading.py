@@ -1,6 +1,7 @@
 """One function to get a model from whatever the user has: :func:`load_model`.
 
-Accepted specs:
+It returns a :class:`~scfm.inference.handle.Model`: the module, where it came from, and the
+inference API as methods. Accepted specs:
 
 * an :class:`~scfm.model.XTrimoGene` (used as is),
 * a local scfm checkpoint folder or its ``model.pt`` (``scfm.model.save_checkpoint``),
@@ -16,7 +17,7 @@ import logging
 import tempfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
@@ -30,6 +31,9 @@ from scfm.model.checkpoint import (
 )
 from scfm.model.xtrimogene import XTrimoGene
 from scfm.runtime import resolve_device
+
+if TYPE_CHECKING:
+    from scfm.inference.handle import Model
 
 log = logging.getLogger(__name__)
 
@@ -59,8 +63,8 @@ def load_model(
     device: str | torch.device = "auto",
     variant: str = "cell",
     **overrides: Any,
-) -> XTrimoGene:
-    """A model on ``device`` (eval mode when loaded from a file or URI).
+) -> Model:
+    """A model on ``device`` (eval mode when loaded from a file or URI), ready for inference.
 
     Parameters
     ----------
@@ -73,12 +77,21 @@ def load_model(
     **overrides
         Layout-preserving config changes for scfm checkpoints, e.g. ``dec_attention="sdpa"``.
 
+    Returns
+    -------
+    Model
+        ``.module`` (the :class:`XTrimoGene`), ``.info``, and ``.embed`` / ``.gene_embeddings``
+        / ``.enhance``.
+
     Examples
     --------
-    >>> model = load_model("models:/scfm-10m/3")                      # doctest: +SKIP
-    >>> model = load_model("models.ckpt", variant="gene", device="cuda")  # doctest: +SKIP
+    >>> m = load_model("models:/scfm-10m/3")                          # doctest: +SKIP
+    >>> m.embed(adata); m.enhance(adata, fold=10)                     # doctest: +SKIP
+    >>> genes = load_model("models.ckpt", variant="gene", device="cuda")  # doctest: +SKIP
     """
-    return load_model_with_info(spec, device=device, variant=variant, **overrides)[0]
+    from scfm.inference.handle import Model
+
+    return Model(*load_model_with_info(spec, device=device, variant=variant, **overrides))
 
 
 def load_model_with_info(
@@ -89,7 +102,11 @@ def load_model_with_info(
     **overrides: Any,
 ) -> tuple[XTrimoGene, ModelInfo]:
     """:func:`load_model` plus a :class:`ModelInfo` describing the source."""
+    from scfm.inference.handle import Model
+
     dev = resolve_device(device)
+    if isinstance(spec, Model):
+        return spec.module.to(dev), spec.info
     if isinstance(spec, XTrimoGene):
         info = ModelInfo(
             "in-memory", "in-memory", spec.cfg.name, config=plain_types(spec.cfg.to_dict())

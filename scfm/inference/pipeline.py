@@ -21,14 +21,15 @@ import numpy as np
 import torch
 
 from scfm import __version__
-from scfm.data.prepare import DEFAULT_BLOCK_ROWS, ModelBlock, PreparedInput, prepare
+from scfm.data.prepared import DEFAULT_BLOCK_ROWS, ModelBlock, PreparedInput, prepare
 from scfm.data.validate import DEFAULT_MIN_MAPPED_FRACTION
 from scfm.inference.engine import InferenceEngine, TargetDepth
+from scfm.inference.handle import Model
 from scfm.inference.loading import ModelInfo, load_model_with_info, plain_types
 from scfm.inference.settings import AUTO, InferenceSettings, resolve_settings
 from scfm.model.xtrimogene import XTrimoGene
 
-ModelSpec = XTrimoGene | str | Path
+ModelSpec = XTrimoGene | Model | str | Path
 
 
 @dataclass

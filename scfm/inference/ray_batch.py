@@ -145,11 +145,10 @@ class CellEmbedder:
         depth_total: str = "all_genes",
     ) -> None:
         from scfm.inference.engine import InferenceEngine
-        from scfm.inference.loading import load_model
+        from scfm.inference.loading import load_model_with_info
 
-        self.engine = InferenceEngine(
-            load_model(model, device=device, variant=variant), device=device, precision=precision
-        )
+        net, _ = load_model_with_info(model, device=device, variant=variant)
+        self.engine = InferenceEngine(net, device=device, precision=precision)
         self.pool = tuple(pool)
         self.target_depth = target_depth
         self.batch_size = batch_size

@@ -40,7 +40,7 @@ import logging
 from dataclasses import asdict, dataclass
 from typing import Any, Literal
 
-from scfm.data.prepare import DepthTotal, GeneMatching, InputMode, check_input_mode
+from scfm.data.prepared import DepthTotal, GeneMatching, InputMode, check_input_mode
 from scfm.runtime import Precision
 
 log = logging.getLogger(__name__)

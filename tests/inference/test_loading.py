@@ -122,3 +122,26 @@ def test_bad_model_specs(tmp_path) -> None:
         if torch.cuda.is_available():
             pytest.skip("has a GPU")
         scfm.load_model(tmp_path, device="cuda")
+
+
+def test_model_handle_keeps_the_model_and_prepared_input_validates_once(
+    kang, tiny_checkpoint, monkeypatch
+) -> None:
+    import scfm.data.prepared as prep
+
+    calls = []
+    real = prep.validate_anndata
+    monkeypatch.setattr(prep, "validate_anndata", lambda *a, **k: calls.append(1) or real(*a, **k))
+    m = scfm.load_model(tiny_checkpoint, device="cpu")
+    assert isinstance(m.module, XTrimoGene) and m.info.kind == "scfm-checkpoint"
+    assert "tiny" in repr(m) and "cpu" in repr(m)
+    prepared = scfm.prepare(kang)  # validate + map genes once
+    few = kang[:4].copy()
+    out = m.embed(prepared, progress=False)
+    np.testing.assert_array_equal(out, scfm.embed(kang.copy(), tiny_checkpoint, progress=False))
+    genes = m.gene_embeddings(prepared, genes=["CD3E"], cells=[0, 1], progress=False)
+    assert genes.values.shape == (1, m.cfg.dec_dim)
+    m.enhance(scfm.prepare(few), fold=2, progress=False)
+    assert len(calls) == 3  # prepare(kang), the embed reference, prepare(few): not once per call
+    assert kang.uns["scfm"]["X_scfm"]["model"]["source"] == str(tiny_checkpoint)
+    assert "scfm_enhanced" in few.layers

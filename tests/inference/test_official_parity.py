@@ -15,7 +15,7 @@ import scipy.sparse as sp
 
 import scfm
 from scfm.data.genes import GeneVocab
-from scfm.data.prepare import prepare
+from scfm.data.prepared import prepare
 from scfm.inference.engine import InferenceEngine
 from tests.official_reference import (
     load_official,
@@ -121,7 +121,7 @@ def test_gene_embeddings_and_expression_match_the_official_code(official, cells,
 
     # decoder expression through the engine (all 19,264 genes, official T = 4)
     prepared = prepare(cells, gene_matching="exact")
-    engine = InferenceEngine(scfm.load_model(path, variant="gene", device="cpu"), device="cpu")
+    engine = InferenceEngine(scfm.load_model(path, variant="gene", device="cpu").module, "cpu")
     block = next(prepared.blocks("vocab_genes"))
     pred = engine.predict(block.batch(), depth="t4")
     assert _per_cell_error(pred, expected_expr) < TOL
