@@ -39,7 +39,7 @@ os.environ.setdefault("RAY_AUTH_MODE", "disabled")
 
 
 def _inputs(workdir: Path, fmt: str, n: int, block: int) -> Path:
-    from scfm.corpus import synthetic
+    import synthetic
 
     path = workdir / f"{fmt}-{n}"
     if not path.exists():
@@ -124,8 +124,8 @@ def block_breakdown(block_cells: int, workdir: Path) -> list[tuple[str, float, f
     import numpy as np
     import pyarrow.fs as pafs
     import pyarrow.parquet as pq
+    import synthetic
 
-    from scfm.corpus import synthetic
     from scfm.corpus.harmonize import CellBlock, map_block, pack_block
     from scfm.corpus.qc import QCConfig
     from scfm.corpus.shards import ROW_GROUP_CELLS, write_shards

@@ -13,7 +13,7 @@ from scfm.data.genes import N_GENES
 @pytest.fixture(scope="session")
 def census_store(tmp_path_factory):
     """The default Census-shaped fixture (6 data sets, 6,082 cells, 300 of them non-primary)."""
-    from scfm.corpus.census_fixture import build_census_fixture
+    from tests.census_fixture import build_census_fixture
 
     return build_census_fixture(tmp_path_factory.mktemp("census") / "census")
 

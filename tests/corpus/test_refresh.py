@@ -13,13 +13,13 @@ import pytest
 
 from scfm import datasets
 from scfm.corpus.build import BuildConfig, build_corpus
-from scfm.corpus.census_fixture import DEFAULT_DATASETS, FixtureDataset, build_census_fixture
 from scfm.corpus.loader import open_corpus
 from scfm.corpus.manifest import list_versions
 from scfm.corpus.qc import QCConfig
 from scfm.corpus.shards import TMP_MARK
 from scfm.corpus.sources import CensusSource, DirectorySource
 from scfm.data.io import read_counts
+from tests.census_fixture import DEFAULT_DATASETS, FixtureDataset, build_census_fixture
 
 from .conftest import assert_arithmetic, assert_same_corpus, corpus_frame
 

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import scipy.sparse as sp
 
-from scfm.corpus import synthetic
+from benchmarks import synthetic
 from scfm.corpus.build import BuildConfig, build_corpus
 from scfm.corpus.qc import QCConfig
 from scfm.corpus.sources import CensusSource

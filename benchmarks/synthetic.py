@@ -12,13 +12,14 @@ Outputs, written chunk by chunk (memory independent of size):
 * ``write_census_store``: a Census-shaped SOMA store (``census_info`` + ``census_data/homo_sapiens``
   with ``X['raw']``), opened like the test fixture with ``cellxgene_census.open_soma(uri=...)``.
 
-Command line: ``python -m scfm.corpus.synthetic --cells 1000000 --format soma --out bench/census``.
+Command line: ``python benchmarks/synthetic.py --cells 1000000 --format soma --out bench/census``.
 """
 
 from __future__ import annotations
 
 import argparse
 import logging
+import sys
 import time
 import uuid
 from collections.abc import Iterator
@@ -29,6 +30,8 @@ from typing import Literal
 import numpy as np
 import pandas as pd
 import scipy.sparse as sp
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout: tests/
 
 logger = logging.getLogger(__name__)
 
@@ -48,7 +51,7 @@ class Pool:
 
 def load_pool() -> Pool:
     """Kang 2018 counts restricted to genes with an Ensembl id (as in the Census fixture)."""
-    from scfm.corpus.census_fixture import FixtureDataset, _load_part
+    from tests.census_fixture import FixtureDataset, _load_part
 
     part = _load_part(FixtureDataset("kang2018-all", "kang2018"))
     return Pool(
@@ -171,133 +174,54 @@ def write_census_store(
 ) -> dict:
     """Write a Census-shaped SOMA store of synthetic cells, chunk by chunk."""
     import pyarrow as pa
-    import tiledbsoma as soma
 
-    root = str(Path(root).resolve())
-    if Path(root).exists():
-        raise FileExistsError(root)
+    from scfm.corpus.census_store import CensusStoreWriter
+
     pool = load_pool()
     k, p = calibrate(pool, target_nnz, seed)
     n_var = len(pool.feature_ids)
     n_ds = -(-n_cells // cells_per_dataset)
     ds_ids = [str(uuid.uuid5(_NAMESPACE, f"synthetic-{d}")) for d in range(n_ds)]
-
-    soma.Collection.create(root).close()
-    with soma.Collection.open(root, "w") as census:
-        census.add_new_collection("census_info")
-        census.add_new_collection("census_data")
-    exp_uri = f"{root}/census_data/homo_sapiens"
-    obs_schema = pa.schema(
-        [("soma_joinid", pa.int64())]
-        + [(c, pa.large_string()) for c in OBS_COLUMNS]
-        + [("is_primary_data", pa.bool_()), ("nnz", pa.int64()), ("raw_sum", pa.float32())]
+    var = pd.DataFrame(
+        {
+            "feature_id": pool.feature_ids,
+            "feature_name": pool.feature_names,
+            "feature_length": np.zeros(n_var, dtype=np.int64),
+        }
     )
-    var_schema = pa.schema(
-        [
-            ("soma_joinid", pa.int64()),
-            ("feature_id", pa.large_string()),
-            ("feature_name", pa.large_string()),
-            ("feature_length", pa.int64()),
-        ]
-    )
-    soma.Experiment.create(exp_uri).close()
-    soma.DataFrame.create(f"{exp_uri}/obs", schema=obs_schema, domain=[(0, n_cells - 1)]).close()
-    soma.Collection.create(f"{exp_uri}/ms").close()
-    soma.Measurement.create(f"{exp_uri}/ms/RNA").close()
-    soma.DataFrame.create(
-        f"{exp_uri}/ms/RNA/var", schema=var_schema, domain=[(0, n_var - 1)]
-    ).close()
-    soma.Collection.create(f"{exp_uri}/ms/RNA/X").close()
-    # One tile across all genes: row-major CSR order is then TileDB's global order, so chunks are
-    # written unsorted (sort_coords=False), 6× faster than letting TileDB sort 20M coordinates.
-    soma.SparseNDArray.create(
-        f"{exp_uri}/ms/RNA/X/raw",
-        type=pa.float32(),
-        shape=(n_cells, n_var),
-        platform_config={
-            "tiledb": {
-                "create": {
-                    "dims": {"soma_dim_1": {"tile": n_var}},
-                    "cell_order": "row-major",
-                    "tile_order": "row-major",
-                }
-            }
-        },
-    ).close()
-    with soma.Collection.open(f"{exp_uri}/ms/RNA/X", "w") as xc:
-        xc.set("raw", soma.SparseNDArray.open(f"{exp_uri}/ms/RNA/X/raw"), use_relative_uri=True)
-    with soma.Measurement.open(f"{exp_uri}/ms/RNA", "w") as ms:
-        ms.set("var", soma.DataFrame.open(f"{exp_uri}/ms/RNA/var"), use_relative_uri=True)
-        ms.set("X", soma.Collection.open(f"{exp_uri}/ms/RNA/X"), use_relative_uri=True)
-    with soma.Collection.open(f"{exp_uri}/ms", "w") as ms:
-        ms.set("RNA", soma.Measurement.open(f"{exp_uri}/ms/RNA"), use_relative_uri=True)
-    with soma.Experiment.open(exp_uri, "w") as exp:
-        exp.set("obs", soma.DataFrame.open(f"{exp_uri}/obs"), use_relative_uri=True)
-        exp.set("ms", soma.Collection.open(f"{exp_uri}/ms"), use_relative_uri=True)
-    with soma.Collection.open(f"{root}/census_data", "w") as data:
-        data.set("homo_sapiens", soma.Experiment.open(exp_uri), use_relative_uri=True)
-    with soma.DataFrame.open(f"{exp_uri}/ms/RNA/var", "w") as var:
-        var.write(
-            pa.Table.from_pydict(
-                {
-                    "soma_joinid": np.arange(n_var, dtype=np.int64),
-                    "feature_id": pa.array(pool.feature_ids, pa.large_string()),
-                    "feature_name": pa.array(pool.feature_names, pa.large_string()),
-                    "feature_length": np.zeros(n_var, dtype=np.int64),
-                },
-                schema=var_schema,
-            )
-        )
-
+    obs_types = {c: pa.large_string() for c in OBS_COLUMNS} | {
+        "is_primary_data": pa.bool_(),
+        "nnz": pa.int64(),
+        "raw_sum": pa.float32(),
+    }
+    writer = CensusStoreWriter(root, n_cells=n_cells, var=var, obs_types=obs_types)
     t0 = time.perf_counter()
     nnz_total = 0
-    with (
-        soma.SparseNDArray.open(f"{exp_uri}/ms/RNA/X/raw", "w") as X,
-        soma.DataFrame.open(f"{exp_uri}/obs", "w") as obs,
+    start = 0
+    for chunk, types in synthetic_chunks(
+        pool, n_cells, k=k, p=p, seed=seed, chunk_cells=chunk_cells
     ):
-        start = 0
-        for chunk, types in synthetic_chunks(
-            pool, n_cells, k=k, p=p, seed=seed, chunk_cells=chunk_cells
-        ):
-            n = chunk.shape[0]
-            chunk.sort_indices()
-            coo = chunk.tocoo()  # row-major, columns sorted: the array's global order
-            X.write(
-                pa.Table.from_pydict(
-                    {
-                        "soma_dim_0": (coo.row + start).astype(np.int64),
-                        "soma_dim_1": coo.col.astype(np.int64),
-                        "soma_data": coo.data.astype(np.float32),
-                    }
-                ),
-                platform_config=soma.TileDBWriteOptions(sort_coords=False),
-            )
-            joinids = np.arange(start, start + n, dtype=np.int64)
-            ds = np.array(ds_ids, dtype=object)[joinids // cells_per_dataset]
-            obs.write(
-                pa.Table.from_pydict(
-                    {
-                        "soma_joinid": joinids,
-                        "dataset_id": pa.array(ds, pa.large_string()),
-                        "observation_joinid": pa.array(
-                            [f"s{j}" for j in joinids], pa.large_string()
-                        ),
-                        "cell_type": pa.array(types, pa.large_string()),
-                        "assay": pa.array(["synthetic"] * n, pa.large_string()),
-                        "tissue": pa.array(["blood"] * n, pa.large_string()),
-                        "donor_id": pa.array(["unknown"] * n, pa.large_string()),
-                        "is_primary_data": np.ones(n, dtype=bool),
-                        "nnz": np.diff(chunk.indptr).astype(np.int64),
-                        "raw_sum": np.asarray(chunk.sum(axis=1)).ravel().astype(np.float32),
-                    },
-                    schema=obs_schema,
-                )
-            )
-            nnz_total += chunk.nnz
-            start += n
-            logger.info(
-                "%d / %d cells (%.0f cells/s)", start, n_cells, start / (time.perf_counter() - t0)
-            )
+        n = chunk.shape[0]
+        joinids = np.arange(start, start + n, dtype=np.int64)
+        obs = pd.DataFrame(
+            {
+                "dataset_id": np.array(ds_ids, dtype=object)[joinids // cells_per_dataset],
+                "observation_joinid": [f"s{j}" for j in joinids],
+                "cell_type": types,
+                "assay": "synthetic",
+                "tissue": "blood",
+                "donor_id": "unknown",
+                "is_primary_data": True,
+                "nnz": np.diff(chunk.indptr).astype(np.int64),
+                "raw_sum": np.asarray(chunk.sum(axis=1)).ravel().astype(np.float32),
+            }
+        )
+        writer.write_cells(chunk, obs)
+        nnz_total += chunk.nnz
+        start += n
+        logger.info(
+            "%d / %d cells (%.0f cells/s)", start, n_cells, start / (time.perf_counter() - t0)
+        )
 
     counts = [min(cells_per_dataset, n_cells - d * cells_per_dataset) for d in range(n_ds)]
     tables = {
@@ -323,15 +247,9 @@ def write_census_store(
             }
         ),
     }
-    with soma.Collection.open(f"{root}/census_info", "w") as info:
-        for key, table in tables.items():
-            uri = f"{root}/census_info/{key}"
-            soma.DataFrame.create(uri, schema=table.schema, domain=[(0, len(table) - 1)]).close()
-            with soma.DataFrame.open(uri, "w") as df:
-                df.write(table)
-            info.set(key, soma.DataFrame.open(uri), use_relative_uri=True)
+    writer.write_info(tables)
     return {
-        "uri": root,
+        "uri": writer.root,
         "n_cells": n_cells,
         "k": k,
         "p": p,

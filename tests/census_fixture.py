@@ -1,6 +1,7 @@
-"""A small Census-shaped tiledbsoma store built from real cells in ``shared/data``.
+"""Test fixture: a small Census-shaped tiledbsoma store built from real cells in ``shared/data``.
 
-The layout follows the CELLxGENE Census schema 2.0.0 (``docs/cellxgene_census_schema.md`` in
+Written with :class:`scfm.corpus.census_store.CensusStoreWriter`. The layout follows the
+CELLxGENE Census schema 2.0.0 (``docs/cellxgene_census_schema.md`` in
 chanzuckerberg/cellxgene-census)::
 
     <root>/                              SOMACollection (the census object)
@@ -320,14 +321,11 @@ def build_census_fixture(
     CensusFixture
         The URI to pass to ``cellxgene_census.open_soma(uri=...)`` and counts.
     """
-    import anndata as ad
     import pyarrow as pa
-    import tiledbsoma as soma
-    import tiledbsoma.io
+
+    from scfm.corpus.census_store import CensusStoreWriter, arrow_type
 
     root = str(Path(root).resolve())
-    if Path(root).exists():
-        raise FileExistsError(f"{root} exists; a fixture is written once")
     parts = [_load_part(s) for s in specs]
     all_ids = np.unique(np.concatenate([p.feature_ids for p in parts]))
     names: dict[str, str] = {}
@@ -382,38 +380,11 @@ def build_census_fixture(
         index=pd.Index([str(i) for i in range(len(all_ids))]),
     )
 
-    soma.Collection.create(root).close()
-    with soma.Collection.open(root, "w") as census:
-        census.add_new_collection("census_info")
-        census.add_new_collection("census_data")
-    exp_uri = f"{root}/census_data/homo_sapiens"
-    tiledbsoma.io.from_anndata(
-        exp_uri,
-        ad.AnnData(X=X, obs=obs, var=var),
-        measurement_name="RNA",
-        X_layer_name="raw",
+    writer = CensusStoreWriter(
+        root, n_cells=len(obs), var=var, obs_types={c: arrow_type(obs[c]) for c in obs.columns}
     )
-    with soma.Collection.open(f"{root}/census_data", "w") as data:
-        data.set("homo_sapiens", soma.Experiment.open(exp_uri), use_relative_uri=True)
-
-    pres_uri = f"{exp_uri}/ms/RNA/feature_dataset_presence_matrix"
-    rows, cols = np.nonzero(presence)
-    with soma.SparseNDArray.create(pres_uri, type=pa.bool_(), shape=presence.shape) as arr:
-        arr.write(
-            pa.Table.from_pydict(
-                {
-                    "soma_dim_0": rows.astype(np.int64),
-                    "soma_dim_1": cols.astype(np.int64),
-                    "soma_data": np.ones(len(rows), dtype=bool),
-                }
-            )
-        )
-    with soma.Measurement.open(f"{exp_uri}/ms/RNA", "w") as ms:
-        ms.set(
-            "feature_dataset_presence_matrix",
-            soma.SparseNDArray.open(pres_uri),
-            use_relative_uri=True,
-        )
+    writer.write_cells(X, obs)
+    writer.write_presence(presence)
 
     n_primary = int(is_primary.sum())
     datasets_table = pa.Table.from_pydict(
@@ -455,23 +426,13 @@ def build_census_fixture(
             ],
         }
     )
-    counts = _summary_cell_counts(obs)
-    info_uri = f"{root}/census_info"
-    with soma.Collection.open(info_uri, "w") as info:
-        for key, table in (
-            ("summary", summary),
-            ("datasets", datasets_table),
-            ("summary_cell_counts", counts),
-        ):
-            uri = f"{info_uri}/{key}"
-            # Create then reopen to write: the handle from add_new_dataframe drops categories
-            # on tiledbsoma 2.3 + pyarrow 25 (DESIGN.md, stack facts); plain strings anyway.
-            soma.DataFrame.create(
-                uri, schema=table.schema, domain=[(0, max(len(table) - 1, 0))]
-            ).close()
-            with soma.DataFrame.open(uri, "w") as df:
-                df.write(table)
-            info.set(key, soma.DataFrame.open(uri), use_relative_uri=True)
+    writer.write_info(
+        {
+            "summary": summary,
+            "datasets": datasets_table,
+            "summary_cell_counts": _summary_cell_counts(obs),
+        }
+    )
     logger.info(
         "Census fixture at %s: %d cells (%d primary), %d features",
         root,
