@@ -287,7 +287,7 @@ class AnnotationHead:
         return F.cross_entropy(output, target, weight=model.class_weight)
 
     @torch.no_grad()
-    def evaluate(self, model, data, split, config) -> dict[str, float]:
+    def score(self, model, data, split, config) -> dict[str, float]:
         logits, target = predict_logits(model, data, split, int(config.get("batch_size", 256)))
         known = target >= 0
         loss = F.cross_entropy(logits[known], target[known]).item() if known.any() else float("nan")

@@ -6,7 +6,7 @@ A downstream task plugs in by providing
   cells. Inputs are either precomputed cell embeddings (frozen backbone, the paper's default:
   embed once, then train only the head) or packed cells (:class:`~scfm.model.rda.CellBatch`) when
   the last encoder layers are fine-tuned;
-* a :class:`Head`: ``build`` the module from a flat config dict, its ``loss``, an ``evaluate`` that
+* a :class:`Head`: ``build`` the module from a flat config dict, its ``loss``, a ``score`` that
   returns validation metrics, the Ray Tune ``search_space`` and the ``metric`` / ``mode`` to
   select on.
 
@@ -102,7 +102,7 @@ class Head(Protocol):
 
     def loss(self, model: nn.Module, output: Tensor, target: Tensor) -> Tensor: ...
 
-    def evaluate(
+    def score(
         self, model: nn.Module, data: DataModule, split: SplitName, config: Mapping[str, Any]
     ) -> dict[str, float]: ...
 
@@ -197,7 +197,7 @@ def fit_head(
             total += float(loss.detach()) * len(target)
             n += len(target)
         metrics = {"epoch": float(epoch), "train_loss": total / max(n, 1)}
-        metrics |= head.evaluate(model, data, "val", cfg)
+        metrics |= head.score(model, data, "val", cfg)
         improved = is_better(metrics[head.metric], best[head.metric], head.mode)
         if improved:
             best, best_epoch, stale = dict(metrics), epoch, 0
