@@ -15,6 +15,7 @@ from scfm import __version__
 from scfm.corpus.cli import corpus_app
 from scfm.inference.cli import embed_command
 from scfm.tasks.cli import evaluate_app, finetune_app
+from scfm.train.cli import pretrain_command
 
 app = typer.Typer(
     name="scfm",
@@ -32,6 +33,7 @@ app.add_typer(data_app, name="data")
 app.add_typer(finetune_app, name="finetune")
 app.add_typer(evaluate_app, name="evaluate")
 app.command("embed")(embed_command)
+app.command("pretrain")(pretrain_command)
 
 # Piped output (CI logs, files) gets a wide console rather than rich's 80-column fallback.
 console = Console(width=None if sys.stdout.isatty() else 120)
@@ -49,12 +51,12 @@ def main(
         bool,
         typer.Option("--version", callback=_version_callback, is_eager=True, help="Print version."),
     ] = False,
-    verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Log progress.")] = False,
+    verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Debug messages too.")] = False,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="Warnings and errors only.")] = False,
 ) -> None:
-    logging.basicConfig(
-        level=logging.INFO if verbose else logging.WARNING,
-        format="%(levelname)s %(name)s: %(message)s",
-    )
+    from scfm.logs import setup_logging
+
+    setup_logging(logging.DEBUG if verbose else logging.WARNING if quiet else logging.INFO)
 
 
 @genes_app.command("map")
@@ -109,38 +111,6 @@ def demo(
     console.rule("[bold]Results")
     for label, where in results.items():
         console.print(f"  {label:<18} {where}", highlight=False)
-
-
-@app.command()
-def pretrain(
-    corpus: Annotated[str | None, typer.Option(help="Corpus directory (data.corpus).")] = None,
-    config: Annotated[Path | None, typer.Option(help="YAML file of PretrainConfig fields.")] = None,
-    set_: Annotated[
-        list[str] | None,
-        typer.Option("--set", help="Override a field: section.key=value (repeatable)."),
-    ] = None,
-    resume: Annotated[
-        str | None, typer.Option(help="Ray Train run directory or checkpoint to continue.")
-    ] = None,
-    max_failures: Annotated[int, typer.Option(help="Worker failures to recover from.")] = 1,
-    smoke_test: Annotated[bool, typer.Option(help="A few steps of the tiny model.")] = False,
-) -> None:
-    """Pretrain xTrimoGene with Ray Train (local Ray, or the cluster in RAY_ADDRESS)."""
-    from scfm.train.config import SMOKE_TEST_OVERRIDES, PretrainConfig
-    from scfm.train.pretrain import run_pretraining
-
-    overrides = (list(SMOKE_TEST_OVERRIDES) if smoke_test else []) + list(set_ or [])
-    if corpus:
-        overrides.append(f"data.corpus={corpus}")
-    cfg = PretrainConfig.load(config, overrides)
-    result = run_pretraining(cfg, resume=resume, max_failures=max_failures)
-    console.print(f"[bold]pretraining finished[/bold] at step {result.metrics.get('step')}")
-    for key in ("loss", "val_loss", "val_rde_mae"):
-        if key in result.metrics:
-            console.print(f"  {key:<12} {result.metrics[key]:.4f}")
-    console.print(f"  MLflow run   {result.run_id}")
-    console.print(f"  model        {result.model_uri or '(not registered)'}")
-    console.print(f"  checkpoint   {result.checkpoint_dir}")
 
 
 @data_app.command("list")

@@ -1,4 +1,4 @@
-"""Ray job entry point: build (or, with ``--refresh``, refresh) a corpus.
+"""Ray job entry point: build (or, with ``--refresh``, refresh) a corpus (``scfm corpus``).
 
 Local::
 
@@ -10,20 +10,41 @@ On a cluster (same command, unchanged)::
         -o s3://bucket/corpus --census-version 2025-01-30
 
 All options are those of ``scfm corpus build`` / ``scfm corpus refresh`` (``--help``); the logic
-lives in :mod:`scfm.corpus.build`.
+lives in :mod:`scfm.corpus`. The code revision of the checkout (``git rev-parse``) is recorded in
+the manifest unless ``--code-revision`` is given.
 """
 
 from __future__ import annotations
 
+import subprocess
 import sys
+from pathlib import Path
+
+
+def _git_revision() -> str:
+    try:
+        out = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"],
+            cwd=Path(__file__).resolve().parent,
+            capture_output=True,
+            text=True,
+            timeout=5,
+        )
+    except (OSError, subprocess.SubprocessError):
+        return ""
+    return out.stdout.strip() if out.returncode == 0 else ""
 
 
 def main(argv: list[str] | None = None) -> None:
-    from scfm.corpus.cli import corpus_app
+    from scfm.cli import app
 
     args = list(sys.argv[1:] if argv is None else argv)
     command = "refresh" if "--refresh" in args else "build"
-    corpus_app([command, *[a for a in args if a != "--refresh"]], prog_name="build_corpus.py")
+    args = [a for a in args if a != "--refresh"]
+    revision = _git_revision()
+    if revision and "--help" not in args and not any(a.startswith("--code-revision") for a in args):
+        args += ["--code-revision", revision]
+    app(["corpus", command, *args], prog_name="build_corpus.py")
 
 
 if __name__ == "__main__":

@@ -17,15 +17,11 @@ from __future__ import annotations
 
 import sys
 
-import typer
-
 
 def main(argv: list[str] | None = None) -> None:
-    from scfm.inference.cli import embed_command
+    from scfm.cli import app
 
-    app = typer.Typer(add_completion=False, pretty_exceptions_show_locals=False)
-    app.command()(embed_command)
-    app(list(sys.argv[1:] if argv is None else argv), prog_name="embed.py")
+    app(["embed", *(sys.argv[1:] if argv is None else argv)], prog_name="embed.py")
 
 
 if __name__ == "__main__":

@@ -16,15 +16,13 @@ On a cluster (same command; trials spread over the cluster's CPUs / GPUs)::
 
 from __future__ import annotations
 
-import logging
 import sys
 
 
 def main(argv: list[str] | None = None) -> None:
-    from scfm.tasks.cli import finetune_app
+    from scfm.cli import app
 
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    finetune_app(list(sys.argv[1:] if argv is None else argv), prog_name="finetune.py")
+    app(["finetune", *(sys.argv[1:] if argv is None else argv)], prog_name="finetune.py")
 
 
 if __name__ == "__main__":

@@ -19,9 +19,9 @@ from __future__ import annotations
 
 import argparse
 import json
-import logging
 import sys
 
+from scfm.logs import setup_logging
 from scfm.train.config import PretrainConfig
 from scfm.train.scaling import ScalingSweep, run_scaling
 
@@ -40,7 +40,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--name", default=defaults.name, help="sweep (parent run) name")
     parser.add_argument("--out", default="results/scaling", help="where the table and plot go")
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    setup_logging()
 
     overrides = list(args.overrides) + ([f"data.corpus={args.corpus}"] if args.corpus else [])
     base = PretrainConfig.load(args.config, overrides)

@@ -23,9 +23,9 @@ from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Literal
 
 from scfm import __version__
+from scfm.cli_options import option
 from scfm.corpus import manifest as mf
 from scfm.corpus.execute import HIST_EDGES, UnitContext, run_local, run_ray
 from scfm.corpus.harmonize import SCHEMA
@@ -37,9 +37,6 @@ from scfm.corpus.sources import Source
 from scfm.data.validate import DEFAULT_MIN_MAPPED_FRACTION
 
 logger = logging.getLogger(__name__)
-
-Executor = Literal["ray", "local"]
-
 
 @dataclass
 class BuildConfig:
@@ -77,25 +74,33 @@ class BuildConfig:
         ``"local"`` (in-process, serial).
     """
 
-    output: str
-    sources: Sequence[Source]
+    output: str = option(help="Corpus root: path or URI.", flags=("--output", "-o"))
+    sources: Sequence[Source] = ()
     qc: QCConfig = field(default_factory=QCConfig)
-    block_cells: int = 20_000
-    max_cells_per_shard: int = 100_000
-    val_fraction: float = 0.02
-    min_mapped_fraction: float = DEFAULT_MIN_MAPPED_FRACTION
+    block_cells: int = option(20_000, "Cells per work unit (per worker at once).")
+    max_cells_per_shard: int = option(100_000, "Max cells per parquet file.")
+    val_fraction: float = option(0.02, "Fraction of cells in the val split.")
+    min_mapped_fraction: float = option(
+        DEFAULT_MIN_MAPPED_FRACTION, "Quarantine data sets with fewer genes in the vocabulary."
+    )
     refresh: bool = False
-    strict: bool = False
-    resume: bool = True
-    keep_versions: int = 2
-    mlflow: bool = True
-    run_name: str | None = None
-    executor: Executor = "ray"
-    ray_address: str | None = None
-    num_cpus_per_unit: float = 1.0
-    progress: bool = True
-    compression: str = "zstd"
-    code_revision: str = ""  # the job's code revision (e.g. a git commit), recorded as given
+    strict: bool = option(False, "Exit 1 if any input was quarantined.")
+    resume: bool = option(True, "Reuse blocks finished by an interrupted run.")
+    keep_versions: int = option(2, "Manifests whose shards garbage collection keeps.")
+    mlflow: bool = option(True, "Log the run to MLflow experiment 'corpus'.")
+    run_name: str | None = option(None, "MLflow run name (default: kind and version).")
+    executor: str = option("ray", "'ray' (local or RAY_ADDRESS) or 'local'.")
+    ray_address: str | None = option(None, "Ray cluster address (default: local).")
+    num_cpus_per_unit: float = option(1.0, "CPUs per work unit (Ray task).")
+    progress: bool = option(True, "Show Ray Data progress bars.")
+    compression: str = option("zstd", "Parquet compression.")
+    code_revision: str = option("", "The job's code revision (e.g. a git commit), recorded as is.")
+
+    def __post_init__(self) -> None:
+        if not self.output:
+            raise ValueError("output: give the corpus root (a path or URI)")
+        if self.executor not in ("ray", "local"):
+            raise ValueError(f"executor must be 'ray' or 'local', got {self.executor!r}")
 
     def content(self) -> ContentSettings:
         """The settings that shape shard content."""

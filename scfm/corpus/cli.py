@@ -5,7 +5,6 @@ Register in ``scfm/cli.py`` with ``app.add_typer(corpus_app, name="corpus")``.
 
 from __future__ import annotations
 
-import logging
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
@@ -23,7 +22,6 @@ corpus_app = typer.Typer(
 )
 console = Console(width=None if sys.stdout.isatty() else 140)
 
-Output = Annotated[str, typer.Option("--output", "-o", help="Corpus root: path or URI.")]
 CensusVersion = Annotated[str | None, typer.Option(help="Pinned Census release, e.g. 2025-01-30.")]
 CensusUri = Annotated[str | None, typer.Option(help="A Census-shaped SOMA store (path/URI).")]
 ObsFilter = Annotated[
@@ -37,19 +35,6 @@ TenX = Annotated[
 Dirs = Annotated[
     list[Path] | None, typer.Option("--dir", help="Directory of .h5ad / 10x inputs (repeatable).")
 ]
-MinGenes = Annotated[int, typer.Option(help="Keep cells with more than this many genes.")]
-MaxGenes = Annotated[int | None, typer.Option(help="Keep cells with at most this many genes.")]
-MinCounts = Annotated[float | None, typer.Option(help="Keep cells with at least these counts.")]
-MaxMito = Annotated[float | None, typer.Option(help="Keep cells with mito fraction <= this.")]
-BlockCells = Annotated[int, typer.Option(help="Cells per work unit (per worker at once).")]
-ShardCells = Annotated[int, typer.Option(help="Max cells per parquet file.")]
-ValFraction = Annotated[float, typer.Option(help="Fraction of cells in the val split.")]
-Strict = Annotated[bool, typer.Option(help="Exit 1 if any input was quarantined.")]
-Mlflow = Annotated[bool, typer.Option(help="Log the run to MLflow experiment 'corpus'.")]
-Executor = Annotated[str, typer.Option(help="'ray' (local or RAY_ADDRESS) or 'local'.")]
-RayAddress = Annotated[str | None, typer.Option(help="Ray cluster address (default: local).")]
-Resume = Annotated[bool, typer.Option(help="Reuse blocks finished by an interrupted run.")]
-Progress = Annotated[bool, typer.Option(help="Show Ray Data progress bars.")]
 
 
 def _sources(census_version, census_uri, obs_filter, h5ad, tenx, dirs):
@@ -69,25 +54,21 @@ def _sources(census_version, census_uri, obs_filter, h5ad, tenx, dirs):
     return sources
 
 
-def _run(refresh: bool, sources, output: str, **kw) -> None:
+def _run(refresh: bool, sources, options: dict) -> None:
+    from scfm.cli_options import build_config
     from scfm.corpus.build import BuildConfig, summary_rows
     from scfm.corpus.build_report import build_and_log
-    from scfm.corpus.qc import QCConfig
 
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     if not sources and refresh:
-        sources = _sources_from_last_manifest(output)
+        sources = _sources_from_last_manifest(options["output"])
     if not sources:
         raise typer.BadParameter(
             "give at least one source: --census-version/--census-uri, --h5ad, --tenx or --dir"
         )
-    qc = QCConfig(
-        min_genes=kw.pop("min_genes"),
-        max_genes=kw.pop("max_genes"),
-        min_counts=kw.pop("min_counts"),
-        max_mito_fraction=kw.pop("max_mito"),
-    )
-    cfg = BuildConfig(output=output, sources=sources, qc=qc, refresh=refresh, **kw)
+    try:
+        cfg = build_config(BuildConfig, options, sources=sources, refresh=refresh)
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc)) from None
     result = build_and_log(cfg)
     print_summary(result.manifest, summary_rows(result.manifest))
     console.print(
@@ -159,51 +140,23 @@ def print_summary(manifest: Manifest, rows: list[dict], out: Console | None = No
 
 
 def _command(refresh: bool, doc: str):
-    """``scfm corpus build`` and ``scfm corpus refresh``: the same options, one flag apart."""
+    """``scfm corpus build`` and ``scfm corpus refresh``: the same options, one flag apart; every
+    option but the sources comes from :class:`~scfm.corpus.build.BuildConfig`."""
+    from scfm.cli_options import config_command
+    from scfm.corpus.build import BuildConfig
 
     def command(
-        output: Output,
+        options: dict,
         census_version: CensusVersion = None,
         census_uri: CensusUri = None,
         obs_filter: ObsFilter = None,
         h5ad: H5ad = None,
         tenx: TenX = None,
         dirs: Dirs = None,
-        min_genes: MinGenes = 200,
-        max_genes: MaxGenes = None,
-        min_counts: MinCounts = None,
-        max_mito: MaxMito = None,
-        block_cells: BlockCells = 20_000,
-        max_cells_per_shard: ShardCells = 100_000,
-        val_fraction: ValFraction = 0.02,
-        strict: Strict = False,
-        mlflow: Mlflow = True,
-        executor: Executor = "ray",
-        ray_address: RayAddress = None,
-        resume: Resume = True,
-        progress: Progress = True,
     ) -> None:
-        _run(
-            refresh,
-            _sources(census_version, census_uri, obs_filter, h5ad, tenx, dirs),
-            output,
-            min_genes=min_genes,
-            max_genes=max_genes,
-            min_counts=min_counts,
-            max_mito=max_mito,
-            block_cells=block_cells,
-            max_cells_per_shard=max_cells_per_shard,
-            val_fraction=val_fraction,
-            strict=strict,
-            mlflow=mlflow,
-            executor=executor,
-            ray_address=ray_address,
-            resume=resume,
-            progress=progress,
-        )
+        _run(refresh, _sources(census_version, census_uri, obs_filter, h5ad, tenx, dirs), options)
 
-    command.__doc__ = doc
-    return command
+    return config_command(command, BuildConfig, skip={"sources", "refresh"}, doc=doc)
 
 
 build = corpus_app.command("build")(

@@ -11,6 +11,8 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
+from scfm.cli_options import option
+
 DROP_REASONS: tuple[str, ...] = (
     "no_counts",  # zero total counts
     "min_genes",  # expressed genes (all input genes) <= min_genes
@@ -38,10 +40,12 @@ class QCConfig:
         Keep cells whose mitochondrial (``MT-``) fraction of counts is at most this.
     """
 
-    min_genes: int | None = 200
-    max_genes: int | None = None
-    min_counts: float | None = None
-    max_mito_fraction: float | None = None
+    min_genes: int | None = option(200, "Keep cells with more than this many genes.")
+    max_genes: int | None = option(None, "Keep cells with at most this many genes.")
+    min_counts: float | None = option(None, "Keep cells with at least these counts.")
+    max_mito_fraction: float | None = option(
+        None, "Keep cells with mito fraction <= this.", flags=("--max-mito",)
+    )
 
     def to_dict(self) -> dict:
         return asdict(self)

@@ -31,6 +31,7 @@ from typing import Any, Literal
 import numpy as np
 import pyarrow as pa
 
+from scfm.cli_options import option
 from scfm.corpus.harmonize import METADATA_COLUMNS
 from scfm.inference.engine import POOL_PARTS
 from scfm.runtime import ensure_ray
@@ -40,6 +41,18 @@ log = logging.getLogger(__name__)
 EMBEDDING_COLUMN = "embedding"
 MODEL_INPUT_COLUMNS = ("cell_id", "gene_idx", "counts", "total_counts")
 SourceKind = Literal["auto", "corpus", "files"]
+
+
+def _depth_option(value: str) -> str | float | None:
+    """Command-line text → target depth: 'auto', 'S' (T = S), an official string, or a number."""
+    if value.lower() == "auto":
+        return "auto"
+    if value.upper() == "S":
+        return None
+    try:
+        return float(value)
+    except ValueError:
+        return value
 
 
 @dataclass
@@ -58,35 +71,60 @@ class EmbedJobConfig:
         official ``models.ckpt``), loaded once per actor.
     """
 
-    source: str
-    output: str
-    model: str
-    source_kind: SourceKind = "auto"
-    variant: str = "cell"
-    pool: tuple[str, ...] = POOL_PARTS
-    settings: str = "auto"  # official for an official checkpoint, else scfm (inference.settings)
-    target_depth: str | float | None = "auto"  # "auto": from settings; None: T = S
-    depth_total: str = "auto"
-    batch_size: int = 64  # cells per forward pass
-    max_tokens: int | None = None  # padded tokens per forward pass; None = device default
-    block_cells: int = 2048  # cells per Ray Data batch handed to an actor
-    concurrency: int = 1  # model actors
-    device: str = "auto"
-    precision: str = "auto"
-    num_cpus_per_actor: float = 1.0
-    split: str | None = None  # corpus: train / val / None = all
-    corpus_version: int | None = None
-    layer: str | None = None  # files: layer with raw counts
-    min_mapped_fraction: float = 0.2
-    overwrite: bool = False
-    progress: bool = True
-    ray_address: str | None = None
-    # tracking and the UMAP plot
-    mlflow: bool = True
-    experiment: str | None = None
-    run_name: str | None = None
-    umap_color: str | None = "cell_type"  # obs column; None = no plot
-    umap_max_cells: int = 20_000
+    source: str = option(
+        help="Corpus root (path/URI), a folder of .h5ad/10x files, or a file.", argument=True
+    )
+    output: str = option(help="Output folder (parquet).", flags=("--output", "-o"))
+    model: str = option(
+        help="Checkpoint folder/file, models:/name/version, or models.ckpt.",
+        flags=("--model", "-m"),
+    )
+    source_kind: str = option("auto", "auto, corpus or files.")
+    variant: str = option("cell", "Official checkpoint entry: cell/rde/gene.")
+    pool: tuple[str, ...] = option(
+        POOL_PARTS,
+        "Pooled parts, comma-separated, in order: S,T,max,mean (or a subset); max_all = the "
+        "official pool_type max.",
+        cli_type=str,
+        parse=lambda text: tuple(p.strip() for p in str(text).split(",") if p.strip()),
+    )
+    settings: str = option(
+        "auto", "auto (official for an official models.ckpt, else scfm), scfm, official."
+    )
+    target_depth: str | float | None = option(
+        "auto",
+        "T token: a log10 depth (4.0), official t4 / f10 / a1, S (T = S); auto: the preset's.",
+        cli_type=str,
+        parse=lambda text: _depth_option(str(text)),
+    )
+    depth_total: str = option(
+        "auto", "Cell total from all_genes (scfm) or vocab_genes (official); auto: the preset's."
+    )
+    batch_size: int = option(64, "Cells per forward pass.")
+    max_tokens: int | None = option(
+        None, "Padded tokens per forward pass (CPU 4096, GPU 65536; 0 = no cap)."
+    )
+    block_cells: int = option(2048, "Cells per Ray Data batch (per actor).")
+    concurrency: int = option(1, "Model actors (one GPU each on GPU).")
+    device: str = option("auto", "auto (CUDA if available), cpu or cuda.")
+    precision: str = option("auto", "auto (official: fp32; scfm: bf16 on CUDA), fp32 or bf16.")
+    num_cpus_per_actor: float = option(1.0, "CPUs per model actor.")
+    split: str | None = option(None, "Corpus split: train or val (default all).")
+    corpus_version: int | None = option(None, "Corpus version (default: the newest).")
+    layer: str | None = option(None, "h5ad layer with raw counts.")
+    min_mapped_fraction: float = option(0.2, "Refuse files with fewer genes in the vocabulary.")
+    overwrite: bool = option(False, "Replace an existing output folder.")
+    progress: bool = option(True, "Show Ray Data progress bars.")
+    ray_address: str | None = option(None, "Ray cluster address (default: local / RAY_ADDRESS).")
+    mlflow: bool = option(True, "Log a run to MLflow experiment 'embed'.")
+    experiment: str | None = option(None, "MLflow experiment (default: embed).")
+    run_name: str | None = option(None, "MLflow run name.")
+    umap_color: str | None = option(
+        "cell_type",
+        "obs column colouring the UMAP; 'none' for no plot.",
+        parse=lambda text: None if str(text).lower() == "none" else text,
+    )
+    umap_max_cells: int = option(20_000, "Cells in the UMAP (random subset).")
     tags: dict[str, str] = field(default_factory=dict)
 
     def __post_init__(self) -> None:

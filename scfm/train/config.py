@@ -16,6 +16,7 @@ The YAML mirrors the dataclasses::
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import time
 from dataclasses import dataclass, field
@@ -24,6 +25,7 @@ from typing import Any, Literal
 
 import yaml
 
+from scfm.cli_options import option
 from scfm.model.config import ModelConfig
 from scfm.model.rda import RDAConfig
 from scfm.runtime import Precision
@@ -48,11 +50,11 @@ Strategy = Literal["ddp", "fsdp"]
 class DataArgs:
     """Where the cells come from and how they are batched."""
 
-    corpus: str = ""  # corpus directory / URI (a manifest.json beside the shards)
-    micro_batch_size: int = 8  # cells per worker per forward
-    max_train_cells: int | None = None  # cap the train split (smoke tests, scaling runs)
-    val_cells: int = 256  # validation cells evaluated at each validation
-    shuffle_seed: int = 0
+    corpus: str = option("", "Corpus directory / URI (a manifests/ folder beside the shards).")
+    micro_batch_size: int = option(8, "Cells per worker per forward pass.")
+    max_train_cells: int | None = option(None, "Cap on training cells (smoke tests, scaling).")
+    val_cells: int = option(256, "Validation cells evaluated at each validation.")
+    shuffle_seed: int = option(0, "Seed of the data order.")
     rda: RDAConfig = field(default_factory=RDAConfig)
 
 
@@ -60,59 +62,71 @@ class DataArgs:
 class TrainArgs:
     """Optimization and bookkeeping; the official recipe is AdamW 1e-4, no decay, clip 1."""
 
-    max_steps: int = 1000  # optimizer steps
-    global_batch_size: int = 64  # cells per optimizer step over all workers (accumulation)
-    lr: float = 1e-4
-    min_lr_ratio: float = 0.1  # cosine decays to lr * min_lr_ratio
-    warmup_steps: int = 100
-    weight_decay: float = 0.0
-    betas: tuple[float, float] = (0.9, 0.95)
-    grad_clip: float = 1.0
-    precision: Precision = "auto"  # bf16 autocast on CUDA, fp32 on CPU
-    compile: bool = False  # torch.compile the model
-    # FAVOR+ projection redrawn every N training forwards (micro-batches) of the decoder, as the
-    # official Performer (feature_redraw_interval 1000); 0 = never
-    redraw_every: int = 1000
-    seed: int = 0
-    log_every: int = 10
-    val_every: int = 100
-    checkpoint_every: int = 200
-    keep_checkpoints: int = 2
+    max_steps: int = option(1000, "Optimizer steps.")
+    global_batch_size: int = option(
+        64, "Cells per optimizer step over all workers (reached by gradient accumulation)."
+    )
+    lr: float = option(1e-4, "Peak learning rate.")
+    min_lr_ratio: float = option(0.1, "The cosine decays to lr × this.")
+    warmup_steps: int = option(100, "Linear warm-up steps.")
+    weight_decay: float = option(0.0, "AdamW weight decay (never on norms, biases, tables).")
+    betas: tuple[float, float] = option(
+        (0.9, 0.95),
+        "AdamW betas, 'b1,b2'.",
+        cli_type=str,
+        parse=lambda text: tuple(float(b) for b in str(text).split(",")),
+    )
+    grad_clip: float = option(1.0, "Gradient norm clip (0 = off).")
+    precision: Precision = option("auto", "auto (bf16 autocast on CUDA, fp32 on CPU), fp32, bf16.")
+    compile: bool = option(False, "torch.compile the model.")
+    redraw_every: int = option(
+        1000,
+        "FAVOR+ projections redrawn every N training forwards (official 1,000; 0 = never).",
+    )
+    seed: int = option(0, "Seed of initialisation and the RDA randomness.")
+    log_every: int = option(10, "Log throughput and lr every N steps.")
+    val_every: int = option(100, "Validate every N steps.")
+    checkpoint_every: int = option(200, "Checkpoint every N steps.")
+    keep_checkpoints: int = option(2, "Checkpoints kept per run.")
 
 
 @dataclass
 class ScaleArgs:
     """How many Ray Train workers and what each one gets."""
 
-    num_workers: int = 1
-    use_gpu: bool = False
-    cpus_per_worker: float = 1.0  # fractional is fine: leave CPUs for Ray Data tasks
-    strategy: Strategy = "ddp"  # "fsdp" shards parameters for the large presets
+    num_workers: int = option(1, "Ray Train workers.")
+    use_gpu: bool = option(False, "One GPU per worker.")
+    cpus_per_worker: float = option(1.0, "CPUs per worker (fractions leave CPUs to Ray Data).")
+    strategy: Strategy = option("ddp", "ddp, or fsdp (shards parameters; GPUs only).")
 
 
 @dataclass
 class TrackingArgs:
     """MLflow conventions for the run."""
 
-    experiment: str = "pretrain"
-    run_name: str | None = None
-    register_as: str | None = "scfm-pretrained"  # model registry name; None = don't register
+    experiment: str = option("pretrain", "MLflow experiment.")
+    run_name: str | None = option(None, "MLflow run name (default: the Ray Train run name).")
+    register_as: str | None = option(
+        "scfm-pretrained", "Model registry name for the final model (null: don't register)."
+    )
 
 
 @dataclass
 class PretrainConfig:
     """Everything a pretraining run needs, serializable to YAML."""
 
-    model: str = "tiny"  # preset name (tiny, 3m, 10m, 100m)
+    model: str = option("tiny", "Model preset: tiny, 3m, 10m, 100m.")
     model_overrides: dict[str, Any] = field(default_factory=dict)
     data: DataArgs = field(default_factory=DataArgs)
     train: TrainArgs = field(default_factory=TrainArgs)
     scale: ScaleArgs = field(default_factory=ScaleArgs)
     tracking: TrackingArgs = field(default_factory=TrackingArgs)
-    # Ray Train run name, a directory under storage_path. None: "pretrain-<model>-<time>".
-    # Re-using the name of an existing run continues that run from its last checkpoint.
-    name: str | None = None
-    storage_path: str = "results/ray"  # local path or cloud URI for checkpoints
+    name: str | None = option(
+        None,
+        "Ray Train run name (a folder under storage_path; default pretrain-<model>-<time>); "
+        "re-using an existing run's name continues it.",
+    )
+    storage_path: str = option("results/ray", "Local path or URI for checkpoints.")
 
     def with_run_name(self) -> PretrainConfig:
         """This config with ``name`` filled in (a fresh, time-stamped run unless one is set)."""
@@ -148,26 +162,53 @@ class PretrainConfig:
 
     @classmethod
     def load(
-        cls, path: str | Path | None = None, overrides: list[str] | None = None
+        cls,
+        path: str | Path | None = None,
+        overrides: list[str] | None = None,
+        options: dict[str, Any] | None = None,
     ) -> PretrainConfig:
-        """Defaults ← YAML file ← ``section.key=value`` overrides (values parsed as YAML)."""
+        """Defaults ← YAML file ← ``options`` (a nested dict, e.g. from command-line options)
+        ← ``section.key=value`` overrides (values parsed as YAML)."""
         d: dict[str, Any] = {}
         if path is not None:
             d = yaml.safe_load(Path(path).read_text()) or {}
             if not isinstance(d, dict):
                 raise ValueError(f"{path}: expected a mapping at the top level")
-        for item in overrides or []:
-            key, sep, raw = item.partition("=")
-            if not sep:
-                raise ValueError(f"override {item!r} is not of the form section.key=value")
-            node = d
-            *parents, leaf = key.strip().split(".")
-            for p in parents:
-                node = node.setdefault(p, {})
-            node[leaf] = yaml.safe_load(raw)
+        _merge(d, options or {})
+        _merge(d, parse_overrides(overrides or []))
         cfg = cls.from_dict(d)
         cfg.model_config()  # fail early on unknown presets / fields
         return cfg
+
+
+def parse_overrides(items: list[str]) -> dict[str, Any]:
+    """``["train.lr=3e-4", …]`` → ``{"train": {"lr": 3e-4}}`` (values parsed as YAML)."""
+    d: dict[str, Any] = {}
+    for item in items:
+        key, sep, raw = item.partition("=")
+        if not sep:
+            raise ValueError(f"override {item!r} is not of the form section.key=value")
+        node = d
+        *parents, leaf = key.strip().split(".")
+        for p in parents:
+            node = node.setdefault(p, {})
+        node[leaf] = yaml.safe_load(raw)
+    return d
+
+
+def merge_options(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
+    """``base`` with ``extra`` merged in (nested dicts merged key by key); a new dict."""
+    out = copy.deepcopy(base)
+    _merge(out, extra)
+    return out
+
+
+def _merge(into: dict[str, Any], extra: dict[str, Any]) -> None:
+    for key, value in extra.items():
+        if isinstance(value, dict) and isinstance(into.get(key), dict):
+            _merge(into[key], value)
+        else:
+            into[key] = value
 
 
 def _build(cls: type, d: dict[str, Any], where: str) -> Any:
