@@ -148,12 +148,6 @@ def log_figure(fig: Any, artifact_file: str) -> None:
     plt.close(fig)
 
 
-def log_file(path: str | Path, artifact_path: str | None = None) -> None:
-    import mlflow
-
-    mlflow.log_artifact(str(path), artifact_path=artifact_path)
-
-
 def log_text(text: str, artifact_file: str) -> None:
     import mlflow
 

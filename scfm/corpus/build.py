@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import logging
 import time
-from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -37,6 +36,7 @@ from scfm.corpus.sources import Source
 from scfm.data.validate import DEFAULT_MIN_MAPPED_FRACTION
 
 logger = logging.getLogger(__name__)
+
 
 @dataclass
 class BuildConfig:
@@ -379,11 +379,3 @@ def summary_rows(manifest: Manifest) -> list[dict]:
             }
         )
     return rows
-
-
-def dropped_by_dataset(manifest: Manifest) -> dict[str, dict[str, int]]:
-    """``{"source:dataset": {reason: n}}`` (handy for checks and reports)."""
-    out: dict[str, dict[str, int]] = defaultdict(dict)
-    for d in manifest.datasets:
-        out[d.label] = d.dropped
-    return dict(out)

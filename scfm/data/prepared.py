@@ -31,6 +31,7 @@ from scfm.data.validate import (
     InputValidationError,
     ValidationReport,
     iter_row_blocks,
+    layer_matrix,
     validate_anndata,
 )
 
@@ -267,7 +268,7 @@ class PreparedInput:
     @property
     def X(self):
         """The matrix inference reads (``X`` or the layer)."""
-        return self.adata.X if self.layer is None else self.adata.layers[self.layer]
+        return layer_matrix(self.adata, self.layer)[0]
 
     @property
     def n_obs(self) -> int:
@@ -333,7 +334,7 @@ def prepare(
     adata
         In memory or backed. Raw counts unless ``pre_normalized`` declares otherwise.
     layer
-        Layer holding the values; default ``X``.
+        Layer holding the values; default ``X``; ``"raw"`` means ``adata.raw``.
     pre_normalized
         None (raw counts), ``"T"``, ``"A"`` or ``"bulk"``: see :mod:`scfm.inference.settings`.
     gene_matching
@@ -350,11 +351,7 @@ def prepare(
     mode = check_input_mode(pre_normalized)
     if gene_matching not in ("standard", "exact"):
         raise ValueError(f"gene_matching must be 'standard' or 'exact', got {gene_matching!r}")
-    if layer is not None and layer not in adata.layers:
-        raise InputValidationError(
-            f"adata has no layer {layer!r} (layers: {list(adata.layers) or 'none'}); "
-            "pass layer=None to use X, or the name of the layer that holds the values"
-        )
+    layer_matrix(adata, layer)  # a missing layer or .raw is named before any work
     totals = None
     if mode == "A":
         if total_counts_key not in adata.obs:

@@ -324,7 +324,28 @@ def validate_input(
     return ValidatedInput(report=report, mapping=mapping)
 
 
+def layer_matrix(adata, layer: str | None):
+    """``(matrix, gene names)`` of an AnnData: ``X`` (None), ``adata.raw`` (``"raw"``, with the
+    genes of ``.raw``), or a layer. The one meaning of ``layer`` everywhere in scfm."""
+    if layer is None:
+        return adata.X, adata.var_names
+    if layer == "raw":
+        if adata.raw is None:
+            raise InputValidationError(
+                "layer='raw' means adata.raw, and adata has no .raw: pass layer=None for X or "
+                f"the name of a layer with raw counts (layers: {list(adata.layers) or 'none'})"
+            )
+        return adata.raw.X, adata.raw.var_names
+    if layer not in adata.layers:
+        raise InputValidationError(
+            f"adata has no layer {layer!r} (layers: {list(adata.layers) or 'none'}); pass "
+            "layer=None to use X, 'raw' for adata.raw, or the name of the layer with the values"
+        )
+    return adata.layers[layer], adata.var_names
+
+
 def validate_anndata(adata, *, layer: str | None = None, **kwargs) -> ValidatedInput:
-    """:func:`validate_input` for an AnnData (in memory or backed); ``layer`` picks the counts."""
-    X = adata.X if layer is None else adata.layers[layer]
-    return validate_input(X, adata.var_names, adata.obs_names, **kwargs)
+    """:func:`validate_input` for an AnnData (in memory or backed); ``layer`` picks the counts
+    (see :func:`layer_matrix`)."""
+    X, genes = layer_matrix(adata, layer)
+    return validate_input(X, genes, adata.obs_names, **kwargs)

@@ -31,7 +31,6 @@ from scfm.runtime import (
 
 PoolPart = Literal["S", "T", "max", "mean", "max_all"]
 POOL_PARTS: tuple[PoolPart, ...] = ("S", "T", "max", "mean")  # the official pool_type="all"
-OFFICIAL_MAX_POOL: tuple[PoolPart, ...] = ("max_all",)  # the official pool_type="max"
 _KNOWN_PARTS: tuple[PoolPart, ...] = (*POOL_PARTS, "max_all")
 TargetDepth = float | str | np.ndarray | None
 

@@ -126,6 +126,11 @@ def enhance(
         )
     if (target_total is None) == (fold is None):
         target_depths(np.zeros(1), target_total, fold)  # raises the explanatory error
+    if layer == "raw" and target.raw is not None and target.raw.n_vars != target.n_vars:
+        raise ValueError(
+            "enhance writes a layer over adata.var_names, and adata.raw holds other genes: "
+            "enhance adata.raw.to_adata() instead"
+        )
     if target_total is not None and np.ndim(target_total) > 0:
         if np.shape(target_total) != (target.n_obs,):
             raise ValueError(

@@ -40,7 +40,6 @@ log = logging.getLogger(__name__)
 
 EMBEDDING_COLUMN = "embedding"
 MODEL_INPUT_COLUMNS = ("cell_id", "gene_idx", "counts", "total_counts")
-SourceKind = Literal["auto", "corpus", "files"]
 
 
 def _depth_option(value: str) -> str | float | None:

@@ -17,68 +17,25 @@ from __future__ import annotations
 
 from scfm.model.checkpoint import (
     CheckpointError,
-    CheckpointVersionError,
-    GeneVocabularyMismatchError,
-    OfficialCheckpointError,
-    convert_official_state_dict,
-    export_official_state_dict,
     load_checkpoint,
     load_official_checkpoint,
     save_checkpoint,
 )
-from scfm.model.config import (
-    N_GENES,
-    N_POS,
-    PAD_POS,
-    PRESETS,
-    S_POS,
-    T_POS,
-    AttentionKind,
-    ModelConfig,
-)
-from scfm.model.decoder import Decoder, ExactAttention
-from scfm.model.embedding import AutoDiscretization
-from scfm.model.encoder import Encoder
-from scfm.model.packing import from_padded, gather_from_positions, scatter_to_positions, to_padded
-from scfm.model.params import parameter_counts
-from scfm.model.performer import FastAttention, linear_attention, softmax_kernel
+from scfm.model.config import PRESETS, ModelConfig
 from scfm.model.rda import CellBatch, RDAConfig, collate, masked_mse, prepare_inference
 from scfm.model.xtrimogene import XTrimoGene
 
 __all__ = [
-    "N_GENES",
-    "N_POS",
-    "PAD_POS",
     "PRESETS",
-    "S_POS",
-    "T_POS",
-    "AttentionKind",
-    "AutoDiscretization",
     "CellBatch",
     "CheckpointError",
-    "CheckpointVersionError",
-    "Decoder",
-    "Encoder",
-    "ExactAttention",
-    "FastAttention",
-    "GeneVocabularyMismatchError",
     "ModelConfig",
-    "OfficialCheckpointError",
     "RDAConfig",
     "XTrimoGene",
     "collate",
-    "convert_official_state_dict",
-    "export_official_state_dict",
-    "gather_from_positions",
-    "linear_attention",
     "load_checkpoint",
     "load_official_checkpoint",
     "masked_mse",
-    "to_padded",
-    "parameter_counts",
     "prepare_inference",
     "save_checkpoint",
-    "scatter_to_positions",
-    "softmax_kernel",
-    "from_padded",
 ]

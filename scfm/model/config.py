@@ -73,11 +73,6 @@ class ModelConfig:
             return self.nb_features
         return int(self.dec_dim_head * math.log(self.dec_dim_head))
 
-    @property
-    def cell_embedding_dim(self) -> int:
-        """Width of ``XTrimoGene.embed_cells``: concat[S, T, max-pool, mean-pool]."""
-        return 4 * self.enc_dim
-
     @classmethod
     def from_name(cls, name: str, **overrides: Any) -> ModelConfig:
         """A named preset (``tiny``, ``3m``, ``10m``, ``100m``), optionally with fields replaced.

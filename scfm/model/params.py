@@ -36,14 +36,3 @@ def parameter_counts(model: ModelConfig | nn.Module) -> dict[str, int]:
             counts[part] = counts.get(part, 0) + p.numel()
     counts["total"] = sum(counts.values())
     return counts
-
-
-def format_parameter_table(names: tuple[str, ...] = ("tiny", "3m", "10m", "100m")) -> str:
-    """Markdown table of per-part counts for the named presets (used by docs/model.md)."""
-    rows = {n: parameter_counts(ModelConfig.from_name(n)) for n in names}
-    header = "| part | " + " | ".join(names) + " |"
-    sep = "|---|" + "---:|" * len(names)
-    lines = [header, sep]
-    for part in (*PARTS, "total"):
-        lines.append(f"| {part} | " + " | ".join(f"{rows[n][part]:,}" for n in names) + " |")
-    return "\n".join(lines)

@@ -260,7 +260,7 @@ def find_gene_modules(
         Average the gene embeddings over at most this many of the group's cells (seeded subset).
     """
     from scfm.data.genes import GeneVocab
-    from scfm.data.validate import validate_anndata
+    from scfm.data.validate import layer_matrix, validate_anndata
     from scfm.inference import gene_embeddings
     from scfm.inference.selection import cell_indices
 
@@ -269,7 +269,7 @@ def find_gene_modules(
         rng = np.random.default_rng(seed)
         rows = np.sort(rng.choice(rows, size=max_cells, replace=False))
     sub = adata[rows]
-    X = sub.X if layer is None else sub.layers[layer]
+    X = layer_matrix(sub, layer)[0]
     mapping = validate_anndata(sub, layer=layer).mapping
     genes = select_genes(mapping.apply(X), min_frac=min_frac, max_genes=max_genes)
     if genes.size < n_modules:

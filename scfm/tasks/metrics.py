@@ -12,7 +12,6 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
-import pandas as pd
 
 
 @dataclass
@@ -43,9 +42,6 @@ class ClassificationMetrics:
 
     def summary(self) -> dict[str, float]:
         return {"accuracy": self.accuracy, "macro_f1": self.macro_f1, "n_test": self.n_test}
-
-    def confusion_frame(self) -> pd.DataFrame:
-        return pd.DataFrame(self.confusion, index=self.labels, columns=self.labels)
 
 
 def confusion_matrix(

@@ -89,6 +89,13 @@ def test_counts_in_a_layer(kang, tiny_model) -> None:
     out = scfm.embed(layered, tiny_model, layer="counts", progress=False)
     np.testing.assert_array_equal(out, ref)
     assert layered.uns["scfm"]["X_scfm"]["settings"]["layer"] == "counts"
+    # "raw" means adata.raw, with the genes of .raw (here a subset that drops one gene)
+    with pytest.raises(InputValidationError, match="layer='raw' means adata.raw.*no .raw"):
+        scfm.embed(layered, tiny_model, layer="raw", progress=False)
+    counts = ad.AnnData(X=kang.X, obs=kang.obs, var=kang.var)
+    layered.raw = counts[:, 1:]
+    out = scfm.embed(layered, tiny_model, layer="raw", progress=False)
+    np.testing.assert_array_equal(out, scfm.embed(counts[:, 1:].copy(), tiny_model, progress=False))
 
 
 def test_pool_parts_and_target_depth(kang, tiny_model) -> None:

@@ -10,7 +10,8 @@ import torch
 
 import scfm
 from scfm.inference.loading import is_official_spec, load_model_with_info
-from scfm.model import CheckpointError, export_official_state_dict
+from scfm.model import CheckpointError
+from scfm.model.checkpoint import export_official_state_dict
 from scfm.model.xtrimogene import XTrimoGene
 
 
