@@ -34,43 +34,22 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a check
 
 import scfm  # noqa: E402
 from scfm import datasets  # noqa: E402
-from scfm.data.genes import GeneVocab  # noqa: E402
 from scfm.data.io import read_counts  # noqa: E402
 from scfm.data.prepared import prepare  # noqa: E402
 from scfm.inference.engine import InferenceEngine  # noqa: E402
 from scfm.model import performer  # noqa: E402
 from tests.official_reference import (  # noqa: E402
+    cells_across_depths,
     load_official,
-    max_rel_error,
     official_cell_embedding,
     official_config,
     official_gene_embedding,
+    official_gene_selection,
     official_rows,
+    per_cell_error,
     random_official_model,
     save_official_checkpoint,
 )
-
-
-def pick_cells(n: int):
-    adata = read_counts(datasets.fetch("kang2018"))
-    totals = np.asarray(adata.X.sum(axis=1)).ravel()
-    order = np.argsort(totals)
-    return adata[np.sort(order[np.linspace(0, totals.size - 1, n).round().astype(int)])].copy()
-
-
-def vocab_matrix(adata) -> np.ndarray:
-    vocab = GeneVocab.load()
-    col = {g: i for i, g in enumerate(adata.var_names)}
-    X = np.asarray(adata.X.todense(), dtype=np.float64)
-    out = np.zeros((adata.n_obs, len(vocab)))
-    for j, name in enumerate(vocab.names):
-        if name in col:
-            out[:, j] = X[:, col[name]]
-    return out
-
-
-def per_cell(actual, expected) -> float:
-    return max(max_rel_error(a, e) for a, e in zip(actual, expected, strict=True))
 
 
 def timed(fn):
@@ -102,8 +81,8 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
 
-    cells = pick_cells(args.cells)
-    X = vocab_matrix(cells)
+    cells = cells_across_depths(read_counts(datasets.fetch("kang2018")), args.cells)
+    X = official_gene_selection(cells)
     print(f"{args.cells} Kang cells, totals {', '.join(f'{t:,.0f}' for t in X.sum(1))}")
     config = official_config(enc=(768, 12, 12), dec=(512, 6, 8, 64))
     with tempfile.TemporaryDirectory() as tmp:
@@ -126,7 +105,12 @@ def main() -> None:
                 )
             )
             results.append(
-                (f"cell embedding, pool_type={pool_type}", per_cell(out, expected), t_off, t_ours)
+                (
+                    f"cell embedding, pool_type={pool_type}",
+                    per_cell_error(out, expected),
+                    t_off,
+                    t_ours,
+                )
             )
 
         expected_genes, t_off = timed(
@@ -142,12 +126,19 @@ def main() -> None:
             )
         )
         results.append(
-            ("gene embeddings (decoder states)", per_cell(g.values, expected_genes), t_off, t_ours)
+            (
+                "gene embeddings (decoder states)",
+                per_cell_error(g.values, expected_genes),
+                t_off,
+                t_ours,
+            )
         )
         engine = InferenceEngine(scfm.load_model(path, variant="gene", device="cpu").module, "cpu")
         block = next(prepare(cells, gene_matching="exact").blocks("vocab_genes"))
         pred, t_ours = timed(lambda: engine.predict(block.batch(), depth="t4"))
-        results.append(("decoder expression", per_cell(pred, expected_expr), float("nan"), t_ours))
+        results.append(
+            ("decoder expression", per_cell_error(pred, expected_expr), float("nan"), t_ours)
+        )
 
         performer.softmax_kernel = per_head_stabiliser
         try:

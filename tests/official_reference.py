@@ -113,6 +113,29 @@ def load_official(path: Path, key: str = "cell") -> tuple[torch.nn.Module, dict[
     return model.eval(), data["config"]
 
 
+# ----------------------------------------------------------------------------- the cells
+def cells_across_depths(adata, n: int):
+    """``n`` cells of ``adata`` spread over its range of depths (quantiles of the total count)."""
+    totals = np.asarray(adata.X.sum(axis=1)).ravel()
+    order = np.argsort(totals)
+    return adata[np.sort(order[np.linspace(0, totals.size - 1, n).round().astype(int)])].copy()
+
+
+def official_gene_selection(adata) -> np.ndarray:
+    """The official ``main_gene_selection``: exact gene names reindexed to the vocabulary
+    (missing genes are zero columns), cells × 19,264."""
+    from scfm.data.genes import GeneVocab
+
+    vocab = GeneVocab.load()
+    col = {g: i for i, g in enumerate(adata.var_names)}
+    X = np.asarray(adata.X.todense(), dtype=np.float64)
+    out = np.zeros((adata.n_obs, len(vocab)))
+    for j, name in enumerate(vocab.names):
+        if name in col:
+            out[:, j] = X[:, col[name]]
+    return out
+
+
 # ----------------------------------------------------------- get_embedding.py, batch size 1
 def official_rows(
     X_vocab: np.ndarray,
@@ -210,3 +233,8 @@ def max_rel_error(actual: np.ndarray, expected: np.ndarray) -> float:
     return float(
         np.abs(np.asarray(actual, dtype=np.float64) - expected).max() / np.abs(expected).max()
     )
+
+
+def per_cell_error(actual, expected) -> float:
+    """The worst :func:`max_rel_error` over cells."""
+    return max(max_rel_error(a, e) for a, e in zip(actual, expected, strict=True))

@@ -18,13 +18,16 @@ from scfm.data.genes import GeneVocab
 from scfm.data.prepared import prepare
 from scfm.inference.engine import InferenceEngine
 from tests.official_reference import (
+    cells_across_depths,
     load_official,
     max_rel_error,
     official_cell_embedding,
     official_config,
     official_expression,
     official_gene_embedding,
+    official_gene_selection,
     official_rows,
+    per_cell_error,
     random_official_model,
     save_official_checkpoint,
 )
@@ -46,28 +49,13 @@ def official(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def cells(kang_full) -> ad.AnnData:
-    """16 real cells spread over the range of depths (quantiles of the total count)."""
-    totals = np.asarray(kang_full.X.sum(axis=1)).ravel()
-    order = np.argsort(totals)
-    pick = order[np.linspace(0, totals.size - 1, N_CELLS).round().astype(int)]
-    return kang_full[np.sort(pick)].copy()
+    """16 real cells spread over the range of depths."""
+    return cells_across_depths(kang_full, N_CELLS)
 
 
 @pytest.fixture(scope="module")
 def x_vocab(cells) -> np.ndarray:
-    """The official ``main_gene_selection``: exact gene names reindexed to the vocabulary."""
-    vocab = GeneVocab.load()
-    col = {g: i for i, g in enumerate(cells.var_names)}
-    X = np.asarray(cells.X.todense(), dtype=np.float64)
-    out = np.zeros((cells.n_obs, len(vocab)))
-    for j, name in enumerate(vocab.names):
-        if name in col:
-            out[:, j] = X[:, col[name]]
-    return out
-
-
-def _per_cell_error(actual: np.ndarray, expected: list[np.ndarray]) -> float:
-    return max(max_rel_error(a, e) for a, e in zip(actual, expected, strict=True))
+    return official_gene_selection(cells)
 
 
 @pytest.mark.parametrize("tgthighres", ["t4", "f1", "a0.5"])
@@ -83,7 +71,7 @@ def test_cell_embeddings_match_the_official_code(official, cells, x_vocab, pool_
         device="cpu", progress=False,
     )  # fmt: skip
     assert out.shape == (N_CELLS, len(expected[0]))
-    assert _per_cell_error(out, expected) < TOL
+    assert per_cell_error(out, expected) < TOL
     settings = adata.uns["scfm"]["X_scfm"]["settings"]
     assert settings["preset"] == "official" and settings["gene_matching"] == "exact"
 
@@ -94,7 +82,7 @@ def test_official_defaults_reproduce_get_embedding(official, cells, x_vocab):
     expected = [official_cell_embedding(model, flat, r) for r in official_rows(x_vocab, "t4")]
     adata = cells.copy()
     out = scfm.embed(adata, str(path), gene_matching="exact", device="cpu", progress=False)
-    assert _per_cell_error(out, expected) < TOL
+    assert per_cell_error(out, expected) < TOL
     record = adata.uns["scfm"]["X_scfm"]
     assert record["settings"]["target_depth"] == "t4"
     assert record["settings"]["depth_total"] == "vocab_genes"
@@ -117,14 +105,14 @@ def test_gene_embeddings_and_expression_match_the_official_code(official, cells,
         cells, str(path), aggregate=None, gene_matching="exact", device="cpu", progress=False
     )
     assert g.values.shape == (N_CELLS, 19264, expected_genes[0].shape[1])
-    assert _per_cell_error(g.values, expected_genes) < TOL
+    assert per_cell_error(g.values, expected_genes) < TOL
 
     # decoder expression through the engine (all 19,264 genes, official T = 4)
     prepared = prepare(cells, gene_matching="exact")
     engine = InferenceEngine(scfm.load_model(path, variant="gene", device="cpu").module, "cpu")
     block = next(prepared.blocks("vocab_genes"))
     pred = engine.predict(block.batch(), depth="t4")
-    assert _per_cell_error(pred, expected_expr) < TOL
+    assert per_cell_error(pred, expected_expr) < TOL
 
     # enhance at T = 4 (target total 10^4) gives the same values on the input genes, ≥ 0
     adata = cells.copy()
@@ -168,7 +156,7 @@ def test_declared_input_modes_match_the_official_code(official, cells, x_vocab):
         out = scfm.embed(
             var.copy(), str(path), pre_normalized=mode, gene_matching="exact", progress=False
         )
-        assert _per_cell_error(out, expected) < TOL, mode
+        assert per_cell_error(out, expected) < TOL, mode
 
     # bulk: pseudo-bulk samples of 4 cells each, counts; T = S = log10(sum of log values)
     bulk_counts = x_vocab.reshape(4, 4, -1).sum(axis=1)
@@ -180,5 +168,5 @@ def test_declared_input_modes_match_the_official_code(official, cells, x_vocab):
     bulk.var_names = list(vocab.names)
     bulk.obs_names = [f"s{i}" for i in range(4)]
     out = scfm.embed(bulk, str(path), pre_normalized="bulk", gene_matching="exact", progress=False)
-    assert _per_cell_error(out, expected) < TOL
+    assert per_cell_error(out, expected) < TOL
     assert bulk.uns["scfm"]["X_scfm"]["settings"]["target_depth"] == "S (bulk)"
