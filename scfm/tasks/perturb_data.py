@@ -18,8 +18,10 @@ are dropped, genes are sorted, so ``A+ctrl`` and ``ctrl+A`` are one condition ``
 from __future__ import annotations
 
 import logging
+import sys
 import warnings
-from collections.abc import Collection, Mapping, Sequence
+from collections.abc import Collection, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -259,7 +261,7 @@ def load_perturb_data(
         raise PerturbationError(
             f"control label {control!r} does not occur in obs[{key!r}]; "
             + (f"did you mean {', '.join(map(repr, hints[:3]))}? " if hints else "")
-            + f"most common labels: {', '.join(map(repr, counts.index[:8]))} (pass --control)"
+            + f"most common labels: {', '.join(map(repr, counts.index[:8]))} (pass --control-label)"
         )
     parsed = {lab: parse_label(lab, control, cfg.separator) for lab in pd.unique(labels[~missing])}
     keep, dropped = _check_perturbations(parsed, labels[~missing], cfg, control, key, graph_genes)
@@ -351,7 +353,9 @@ def _check_perturbations(
     dropped = {reason: sorted(p) for reason, p in problems.items() if p}
     if bad_labels:
         logger.warning(
-            "dropped %d perturbations: %s", len(bad_labels), _problem_message(problems, key, 0, 0)
+            "dropped %d perturbations:\n%s",
+            len(bad_labels),
+            _problem_message(problems, key, cfg.min_cells, 0),
         )
     keep = {lab for lab in parsed if lab not in bad_labels}
     if len(keep) < 4:
@@ -362,13 +366,17 @@ def _check_perturbations(
     return keep, dropped
 
 
-_FIXES = {
-    "empty": "labels that name no gene: fix the labels (genes joined by the separator)",
-    "vocab": "genes outside the 19,264-gene vocabulary (typo, old symbol or not a gene?): "
-    "use HGNC symbols or Ensembl ids",
-    "graph": "genes not in the perturbation graph: add gene sets or an edge list that contain "
-    "them (--gene-sets / --pert-graph)",
-    "cells": "too few cells: lower --min-cells (noisier means) or collect more cells",
+_REASONS = {  # reason → (what is wrong, how to fix it)
+    "empty": ("labels that name no gene", "fix the labels (genes joined by the separator)"),
+    "vocab": (
+        "genes outside the 19,264-gene vocabulary",
+        "use HGNC symbols or Ensembl ids (a typo, an old symbol, not a gene?)",
+    ),
+    "graph": (
+        "genes not in the perturbation graph",
+        "add gene sets or an edge list that contain them (--gene-sets / --pert-graph)",
+    ),
+    "cells": ("fewer than {min_cells} cells", "lower --min-cells (noisier means) or add cells"),
 }
 
 
@@ -377,9 +385,9 @@ def _problem_message(problems: dict[str, dict[str, str]], key: str, min_cells: i
     for reason, items in problems.items():
         if not items:
             continue
-        what = _FIXES[reason].replace("too few cells", f"fewer than {min_cells} cells")
+        what, fix = _REASONS[reason]
         listed = "; ".join(f"{lab} ({v})" for lab, v in sorted(items.items()))
-        lines.append(f"  - {what}: {listed}")
+        lines.append(f"  - {what.format(min_cells=min_cells)}: {listed} — fix: {fix}")
     if n:
         lines.append("or pass --drop-invalid (drop_invalid=True) to drop these perturbations")
     return "\n".join(lines)
@@ -427,11 +435,14 @@ def de_genes(
     labels = np.asarray(conditions, dtype=object)[cell_condition]
     adata = ad.AnnData(
         X=expr,
-        obs=pd.DataFrame({"condition": pd.Categorical(labels, categories=list(conditions))}),
+        obs=pd.DataFrame(
+            {"condition": pd.Categorical(labels, categories=list(conditions))},
+            index=pd.Index(np.arange(len(labels)).astype(str)),
+        ),
         var=pd.DataFrame(index=pd.Index(genes)),
     )
     adata.uns["log1p"] = {"base": None}
-    with warnings.catch_warnings():
+    with warnings.catch_warnings(), _torch_threads_kept():
         # scanpy fills its result frame column by column (pandas PerformanceWarning)
         warnings.simplefilter("ignore")
         sc.tl.rank_genes_groups(
@@ -449,6 +460,19 @@ def de_genes(
     for i, cond in enumerate(conditions[1:], start=1):
         out[i] = pos.get_indexer(list(names[cond][:n_de]))
     return out
+
+
+@contextmanager
+def _torch_threads_kept() -> Iterator[None]:
+    """scanpy's numba kernels reset the OpenMP thread count that torch shares: put it back
+    (on a busy 2-core box, GEARS training then ran 10× slower)."""
+    torch = sys.modules.get("torch")
+    n = torch.get_num_threads() if torch is not None else None
+    try:
+        yield
+    finally:
+        if torch is not None and torch.get_num_threads() != n:
+            torch.set_num_threads(n)
 
 
 # ---------------------------------------------------------------------------------- splits
