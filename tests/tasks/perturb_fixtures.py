@@ -4,7 +4,8 @@
   (interferon-γ, G2M, hypoxia): knocking out a gene of a module lowers (hypoxia: raises) that
   module's other genes, so the gene-set graph carries information between perturbations;
 * :func:`papalexi_subset` — the real Papalexi 2021 screen cut to its most frequent
-  perturbations and a few dozen cells each.
+  perturbations and a few dozen cells each;
+* :func:`make_app` — a typer app with the GEARS commands, registered as ``scfm.tasks.cli`` does.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import anndata as ad
 import numpy as np
 import pandas as pd
 import scipy.sparse as sp
+import typer
 
 MODULES = {
     "ifng": (
@@ -74,6 +76,22 @@ def toy_perturb_adata(cells: int = 40, controls: int = 150, seed: int = 0) -> ad
     return _toy(cells, controls, seed).copy()
 
 
+def norman_like_adata() -> ad.AnnData:
+    """The toy screen labelled as Norman et al. (obs ``condition``: ``ctrl``, ``A+ctrl``,
+    ``ctrl+A``) with two combinations (``PLK1+STAT1``, ``IRF1+HK2``: half of those cells)."""
+    adata = toy_perturb_adata()
+    labels = adata.obs["grna_target"].astype(str).to_numpy().astype(object)
+    for gene, combo in (("PLK1", "PLK1+STAT1"), ("HK2", "IRF1+HK2")):
+        idx = np.flatnonzero(labels == gene)
+        labels[idx[: idx.size // 2]] = combo
+    labels[labels == "AURKA"] = "ctrl+AURKA"
+    labels[labels == "non-targeting"] = "ctrl"
+    adata.obs["condition"] = [
+        lab if "+" in lab or lab == "ctrl" else f"{lab}+ctrl" for lab in labels
+    ]
+    return adata
+
+
 @cache
 def _papalexi(n_perturbations: int, cells: int, controls: int, seed: int) -> ad.AnnData:
     from scfm import datasets
@@ -102,3 +120,35 @@ def papalexi_subset(
 ) -> ad.AnnData:
     """The most frequent ``n_perturbations`` targets of Papalexi 2021, ``cells`` cells each."""
     return _papalexi(n_perturbations, cells, controls, seed).copy()
+
+
+# ------------------------------------------------------------------------------- CLI
+COMMON = [
+    "--perturbation-key",
+    "grna_target",
+    "--control-label",
+    "non-targeting",
+    "--embed-cells",
+    "16",
+    "--max-cells-per-condition",
+    "40",
+]
+
+
+def make_app() -> typer.Typer:
+    """``scfm evaluate gears`` / ``scfm finetune gears``, registered as in ``scfm.tasks.cli``."""
+    from scfm.tasks.gears_cli import evaluate_gears_command, finetune_gears_command
+
+    app, evaluate, finetune = typer.Typer(), typer.Typer(), typer.Typer()
+    evaluate.command("gears")(evaluate_gears_command)
+    finetune.command("gears")(finetune_gears_command)
+    app.add_typer(evaluate, name="evaluate")
+    app.add_typer(finetune, name="finetune")
+    return app
+
+
+def write_subset(folder):
+    """The 10 most frequent Papalexi targets, 60 cells each, and 300 control cells."""
+    path = folder / "papalexi_subset.h5ad"
+    papalexi_subset(n_perturbations=10, cells=60, controls=300).write_h5ad(path)
+    return path

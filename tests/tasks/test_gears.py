@@ -190,3 +190,23 @@ def _control_anndata(data, rows):
         obs=pd.DataFrame(index=[f"c{i}" for i in rows]),
         var=pd.DataFrame(index=data.genes),
     )
+
+
+def test_combinations_sum_their_genes_embeddings():
+    from tests.tasks.perturb_fixtures import norman_like_adata
+
+    task = load_gears_task(
+        PerturbDataConfig("norman-like"),
+        GraphConfig(gene_sets=("hallmark",)),
+        adata=norman_like_adata(),
+    )
+    module = GearsData.build(task.data, task.split(1), task.pert_graph)
+    combo = task.data.index(["HK2+IRF1"])[0]
+    nodes = [task.pert_graph.nodes.index(g) for g in ("HK2", "IRF1")]
+    assert module.cond_nodes.shape[1] == 2 and sorted(module.cond_nodes[combo]) == sorted(nodes)
+    assert (module.cond_nodes[0] == -1).all()  # the control perturbs nothing
+    model = GearsHead().build(GearsHead().default_config(), module.spec(), module)
+    batch, target = next(module.batches("train", 16, shuffle=True, seed=0))
+    assert model(batch).shape == target.y.shape
+    pred = predict_means(model, module.cond_nodes[[combo, 0]])
+    assert pred.shape == (2, len(module.genes)) and not np.allclose(pred[0], pred[1])

@@ -29,7 +29,7 @@ from scfm.tasks.perturb_graphs import (
     restrict,
 )
 from scfm.tasks.perturb_metrics import mean_metrics, perturbation_metrics
-from tests.tasks.perturb_fixtures import MODULES, TARGETS, toy_perturb_adata
+from tests.tasks.perturb_fixtures import MODULES, TARGETS, norman_like_adata, toy_perturb_adata
 
 CFG = PerturbDataConfig("toy", perturbation_key="grna_target", control="non-targeting")
 
@@ -231,8 +231,10 @@ def test_baselines_and_metrics_against_direct_computations(toy):
     assert m["pearson_delta"].isna().all() and (m["direction_de"] == 0).all()
     assert np.isnan(mean_metrics(m)["pearson_delta"])
     # the structure is in the training data: the mean and linear baselines beat no change
-    mse = {k: mean_metrics(perturbation_metrics(v.means, truth, ctrl, de))["mse_de"]
-           for k, v in preds.items()}  # fmt: skip
+    mse = {
+        k: mean_metrics(perturbation_metrics(v.means, truth, ctrl, de))["mse_de"]
+        for k, v in preds.items()
+    }
     assert mse["mean"] < mse["no_change"] and mse["linear"] < mse["no_change"]
 
 
@@ -307,3 +309,20 @@ def test_normalized_input_is_refused():
     adata.X = log_normalize(adata.X)
     with pytest.raises(InputValidationError, match="looks log-normalized; pass raw counts"):
         load(adata)
+
+
+def test_norman_style_labels_with_combinations():
+    """'A+ctrl' / 'ctrl+A' singles and 'A+B' combinations, as in Norman et al."""
+    adata = norman_like_adata()
+    data = load_perturb_data(PerturbDataConfig("norman-like"), adata=adata)
+    assert data.control == "ctrl" and data.has_combinations
+    assert {"AURKA", "PLK1", "HK2+IRF1", "PLK1+STAT1"} <= set(data.conditions)
+    assert data.condition_genes[data.index(["HK2+IRF1"])[0]] == ("HK2", "IRF1")
+    genes = {c: data.condition_genes[i] for i, c in enumerate(data.conditions) if i}
+    for seed in (1, 2, 3):
+        split = simulation_split(genes, seed)
+        preds = {b.key: b for b in run_baselines(data, split)}
+        combos = [p for p in split.test if "+" in p]
+        assert preds["additive"].perturbations == combos
+        for p in combos:
+            assert split.subgroup[p].startswith("combo_seen")
