@@ -38,8 +38,8 @@ def pretrain_on_papalexi(steps: int, seed: int):
     import numpy as np
 
     from scfm import datasets
-    from scfm.genes import GeneVocab
-    from scfm.io import read_counts
+    from scfm.data.genes import GeneVocab
+    from scfm.data.io import read_counts
     from scfm.tasks.models import briefly_pretrain
 
     adata = read_counts(datasets.fetch("papalexi2021"))

@@ -11,13 +11,13 @@ from __future__ import annotations
 import math
 import re
 from collections.abc import Sequence
-from typing import Literal
 
 import numpy as np
 import torch
 from torch import Tensor
 
 from scfm.data.packed import NormalizedCells, PackedCells, depth_token
+from scfm.inference.settings import POOL_PARTS, PoolPart, check_pool  # noqa: F401
 from scfm.model.config import N_GENES, S_POS, T_POS
 from scfm.model.rda import CellBatch, prepare_inference
 from scfm.model.xtrimogene import XTrimoGene
@@ -29,26 +29,12 @@ from scfm.runtime import (
     resolve_precision,
 )
 
-PoolPart = Literal["S", "T", "max", "mean", "max_all"]
-POOL_PARTS: tuple[PoolPart, ...] = ("S", "T", "max", "mean")  # the official pool_type="all"
-_KNOWN_PARTS: tuple[PoolPart, ...] = (*POOL_PARTS, "max_all")
 TargetDepth = float | str | np.ndarray | None
 
 CPU_MAX_TOKENS = 4096
 GPU_MAX_TOKENS = 65536
 
 _DEPTH_RE = re.compile(r"^([tfa])(\d+(?:\.\d*)?|\.\d+)$")
-
-
-def check_pool(pool: Sequence[str] | str) -> tuple[PoolPart, ...]:
-    """Validate the pooled parts (order kept); a single string is one part."""
-    parts = (pool,) if isinstance(pool, str) else tuple(pool)
-    bad = [p for p in parts if p not in _KNOWN_PARTS]
-    if not parts or bad or len(set(parts)) != len(parts):
-        raise ValueError(
-            f"pool must be a non-empty selection of {_KNOWN_PARTS} without repeats, got {pool!r}"
-        )
-    return parts  # type: ignore[return-value]
 
 
 def target_T(spec: TargetDepth, S: np.ndarray) -> np.ndarray:

@@ -33,7 +33,7 @@ import pyarrow as pa
 
 from scfm.cli_options import option
 from scfm.corpus.harmonize import METADATA_COLUMNS
-from scfm.inference.engine import POOL_PARTS
+from scfm.inference.settings import POOL_PARTS
 from scfm.runtime import ensure_ray
 
 log = logging.getLogger(__name__)
@@ -127,8 +127,7 @@ class EmbedJobConfig:
     tags: dict[str, str] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        from scfm.inference.engine import check_pool
-        from scfm.inference.settings import resolve_settings
+        from scfm.inference.settings import check_pool, resolve_settings
 
         self.pool = check_pool(self.pool)
         # checks every setting early (the model kind is not known yet, so preset aside)

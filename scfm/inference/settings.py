@@ -37,6 +37,7 @@ Input modes (``pre_normalized``; only raw counts may go undeclared):
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from typing import Any, Literal
 
@@ -46,6 +47,9 @@ from scfm.runtime import Precision
 log = logging.getLogger(__name__)
 
 SettingsPreset = Literal["auto", "scfm", "official"]
+PoolPart = Literal["S", "T", "max", "mean", "max_all"]
+POOL_PARTS: tuple[PoolPart, ...] = ("S", "T", "max", "mean")  # the official pool_type="all"
+_KNOWN_PARTS: tuple[PoolPart, ...] = (*POOL_PARTS, "max_all")
 AUTO = "auto"
 
 
@@ -150,3 +154,14 @@ def resolve_settings(
         if getattr(resolved, name) not in allowed:
             raise ValueError(f"{name} must be one of {allowed}, got {getattr(resolved, name)!r}")
     return resolved
+
+
+def check_pool(pool: Sequence[str] | str) -> tuple[PoolPart, ...]:
+    """Validate the pooled parts (order kept); a single string is one part."""
+    parts = (pool,) if isinstance(pool, str) else tuple(pool)
+    bad = [p for p in parts if p not in _KNOWN_PARTS]
+    if not parts or bad or len(set(parts)) != len(parts):
+        raise ValueError(
+            f"pool must be a non-empty selection of {_KNOWN_PARTS} without repeats, got {pool!r}"
+        )
+    return parts  # type: ignore[return-value]

@@ -15,27 +15,23 @@ Typical use::
 
 from __future__ import annotations
 
-from scfm.model.checkpoint import (
-    CheckpointError,
-    load_checkpoint,
-    load_official_checkpoint,
-    save_checkpoint,
-)
-from scfm.model.config import PRESETS, ModelConfig
-from scfm.model.rda import CellBatch, RDAConfig, collate, masked_mse, prepare_inference
-from scfm.model.xtrimogene import XTrimoGene
+from scfm import _lazy
 
-__all__ = [
-    "PRESETS",
-    "CellBatch",
-    "CheckpointError",
-    "ModelConfig",
-    "RDAConfig",
-    "XTrimoGene",
-    "collate",
-    "load_checkpoint",
-    "load_official_checkpoint",
-    "masked_mse",
-    "prepare_inference",
-    "save_checkpoint",
-]
+# loaded on first use: importing a submodule (scfm.model.config) does not import torch
+_lazy.install(
+    __name__,
+    {
+        "PRESETS": "scfm.model.config",
+        "ModelConfig": "scfm.model.config",
+        "RDAConfig": "scfm.model.config",
+        "XTrimoGene": "scfm.model.xtrimogene",
+        "CellBatch": "scfm.model.rda",
+        "collate": "scfm.model.rda",
+        "masked_mse": "scfm.model.rda",
+        "prepare_inference": "scfm.model.rda",
+        "CheckpointError": "scfm.model.checkpoint",
+        "load_checkpoint": "scfm.model.checkpoint",
+        "load_official_checkpoint": "scfm.model.checkpoint",
+        "save_checkpoint": "scfm.model.checkpoint",
+    },
+)

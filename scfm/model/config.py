@@ -159,3 +159,20 @@ PRESETS: dict[str, ModelConfig] = {
         dropout=0.1,
     ),
 }
+
+
+@dataclass(frozen=True)
+class RDAConfig:
+    """Knobs of the RDA objective (defaults follow the scFoundation paper / official config)."""
+
+    min_total_counts: float = 1000.0  # cells below this are not down-sampled
+    beta_a: float = 2.0  # down-sampling rate γ ~ Beta(beta_a, beta_b)
+    beta_b: float = 2.0
+    downsample_prob: float = 0.5  # chance an eligible cell is down-sampled, else duplicated
+    mask_nonzero_prob: float = 0.3  # official value_mask_prob
+    mask_zero_prob: float = 0.03  # official zero_mask_prob
+    replace_prob: float = 0.8  # masked nonzero genes hidden (of those not given a random value)
+    random_value_prob: float = 0.1  # masked nonzero genes shown another gene's value
+    max_encoder_genes: int = 14998  # official mae_encoder_max_seq_len 15,000 minus T and S
+    scale: float = 1e4  # normalization target sum
+    pad_to_multiple: int = 1  # round the encoder length up (fewer shapes for torch.compile)

@@ -316,3 +316,10 @@ def finetune_annotation_cmd(
     console.print(f"  model            {result.sweep.model_uri or result.sweep.model_dir}")
     for kind, file in result.files.items():
         console.print(f"  {kind:<16} {file.resolve()}")
+
+
+# Perturbation response (GEARS): the commands live with their task.
+from scfm.tasks.gears_cli import evaluate_gears_command, finetune_gears_command  # noqa: E402
+
+evaluate_app.command("gears")(evaluate_gears_command)
+finetune_app.command("gears")(finetune_gears_command)

@@ -101,7 +101,7 @@ def scfm_gene_features(
     import anndata as ad
     import pandas as pd
 
-    from scfm.genes import GeneVocab
+    from scfm.data.genes import GeneVocab
     from scfm.inference import gene_embeddings
 
     rows = np.flatnonzero(data.cell_condition == 0)
@@ -590,7 +590,7 @@ class GearsHead:
     def loss(self, model: nn.Module, output: Tensor, target: PerturbTarget) -> Tensor:
         return gears_loss(output, target, model.ctrl_mean, **model.loss_options)
 
-    def evaluate(
+    def score(
         self, model: nn.Module, data: GearsData, split: SplitName, config: Mapping[str, Any]
     ) -> dict[str, float]:
         scores = evaluate_split(model, data, split)  # type: ignore[arg-type]

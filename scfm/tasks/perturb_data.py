@@ -183,7 +183,7 @@ def parse_label(label: str, control: str, separator: str = "+") -> tuple[str, ..
 def canonical_keys(names: Sequence[str], vocab=None) -> tuple[np.ndarray, np.ndarray]:
     """Each name's vocabulary name (aliases and Ensembl ids resolved), else its upper case;
     and the vocabulary index (-1 outside it)."""
-    from scfm.genes import GeneVocab
+    from scfm.data.genes import GeneVocab
 
     vocab = vocab or GeneVocab.load()
     mapping = vocab.map(list(names))
@@ -234,8 +234,8 @@ def load_perturb_data(
     InputValidationError
         The matrix is not raw counts (e.g. log-normalized).
     """
-    from scfm.corpus.validate import validate_anndata
-    from scfm.io import read_counts
+    from scfm.data.io import read_counts
+    from scfm.data.validate import validate_anndata
 
     key, control = cfg.resolved()
     if cfg.min_cells < 2:

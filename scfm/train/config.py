@@ -26,8 +26,7 @@ from typing import Any, Literal
 import yaml
 
 from scfm.cli_options import option
-from scfm.model.config import ModelConfig
-from scfm.model.rda import RDAConfig
+from scfm.model.config import ModelConfig, RDAConfig
 from scfm.runtime import Precision
 
 # A few steps of the tiny model: `--smoke-test` of `scfm pretrain` and workflows/pretrain.py.

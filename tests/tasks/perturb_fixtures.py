@@ -95,7 +95,7 @@ def norman_like_adata() -> ad.AnnData:
 @cache
 def _papalexi(n_perturbations: int, cells: int, controls: int, seed: int) -> ad.AnnData:
     from scfm import datasets
-    from scfm.io import read_counts
+    from scfm.data.io import read_counts
 
     adata = read_counts(datasets.fetch("papalexi2021"))
     target = adata.obs["grna_target"].astype(str)

@@ -146,7 +146,7 @@ def test_saved_head_predicts_the_same(trained, tmp_path):
 
 
 def test_scfm_gene_features_for_in_and_out_of_vocabulary_genes():
-    from scfm.genes import GeneVocab
+    from scfm.data.genes import GeneVocab
     from scfm.inference import gene_embeddings
     from scfm.tasks.models import random_init
 

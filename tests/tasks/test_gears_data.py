@@ -11,7 +11,7 @@ import pandas as pd
 import pytest
 from scipy import stats
 
-from scfm.corpus.validate import InputValidationError
+from scfm.data.validate import InputValidationError
 from scfm.tasks.perturb_baselines import run_baselines, solve_bilinear
 from scfm.tasks.perturb_data import (
     PerturbationError,
