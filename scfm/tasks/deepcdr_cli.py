@@ -55,6 +55,10 @@ MAX_LINES = Annotated[
     int | None, typer.Option(help="Keep a seeded random subset of cell lines (quick runs).")
 ]
 MAX_DRUGS = Annotated[int | None, typer.Option(help="Keep a seeded random subset of drugs.")]
+MAX_GENES = Annotated[
+    int | None,
+    typer.Option(help="Keep the N highest-variance genes (original DeepCDR: 697; sets scfm cost)."),
+]
 TEST_SIZE = Annotated[float, typer.Option(help="Test fraction of pairs / cell lines / drugs.")]
 VAL_SIZE = Annotated[float, typer.Option(help="Validation fraction of the rest (selection).")]
 POOL = Annotated[
@@ -91,6 +95,7 @@ def _data_config(
     smiles,
     lines,
     drugs,
+    genes,
     seed,
 ):
     from scfm.tasks.deepcdr_eval import DrugDataConfig
@@ -107,6 +112,7 @@ def _data_config(
         smiles=str(smiles) if smiles else None,
         max_cell_lines=lines,
         max_drugs=drugs,
+        max_genes=genes,
         seed=seed,
     )
 
@@ -153,6 +159,7 @@ def evaluate_deepcdr_command(
     smiles: SMILES = None,
     max_cell_lines: MAX_LINES = None,
     max_drugs: MAX_DRUGS = None,
+    max_genes: MAX_GENES = None,
     pool: POOL = None,
     zscore_scale: ZSCORE_SCALE = 2.0,
     out: Annotated[Path, typer.Option(help="Output directory.")] = Path("results/evaluate/deepcdr"),
@@ -184,6 +191,7 @@ def evaluate_deepcdr_command(
             smiles,
             max_cell_lines,
             max_drugs,
+            max_genes,
             seed,
         ),
         splits=list(split) if split else ["random", "cell", "drug"],
@@ -248,6 +256,7 @@ def finetune_deepcdr_command(
     smiles: SMILES = None,
     max_cell_lines: MAX_LINES = None,
     max_drugs: MAX_DRUGS = None,
+    max_genes: MAX_GENES = None,
     pool: POOL = None,
     zscore_scale: ZSCORE_SCALE = 2.0,
     out: Annotated[Path, typer.Option(help="Output directory.")] = Path("results/finetune/deepcdr"),
@@ -275,6 +284,7 @@ def finetune_deepcdr_command(
             smiles,
             max_cell_lines,
             max_drugs,
+            max_genes,
             seed,
         ),
         split=PairSplitConfig(split, test_size, val_size, seed),  # type: ignore[arg-type]

@@ -67,6 +67,7 @@ class DrugDataConfig:
     smiles: str | None = None
     max_cell_lines: int | None = None
     max_drugs: int | None = None
+    max_genes: int | None = None  # top-variance genes (the original DeepCDR used 697)
     seed: int = 0
 
     def load(self) -> DrugResponseData:
@@ -82,6 +83,7 @@ class DrugDataConfig:
             smiles=self.smiles,
             max_cell_lines=self.max_cell_lines,
             max_drugs=self.max_drugs,
+            max_genes=self.max_genes,
             seed=self.seed,
         )
 

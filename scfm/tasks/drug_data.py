@@ -480,6 +480,7 @@ def load_drug_response(
     smiles: pd.DataFrame | dict[str, str] | str | Path | None = None,
     max_cell_lines: int | None = None,
     max_drugs: int | None = None,
+    max_genes: int | None = None,
     seed: int = 0,
 ) -> DrugResponseData:
     """Join a response table with cell-line expression and drug structures.
@@ -497,6 +498,11 @@ def load_drug_response(
         Drug name → SMILES (default: the shared ``drug_smiles`` table).
     max_cell_lines, max_drugs
         Keep a seeded random subset of the joined cell lines / drugs (quick runs, tests).
+    max_genes
+        Keep the genes with the largest variance across the joined cell lines (the original
+        DeepCDR used 697 genes; every gene is an scfm encoder token, so this sets the embedding
+        cost). Unsupervised (no response values), but computed over all joined lines, test
+        lines included.
 
     Raises
     ------
@@ -581,6 +587,19 @@ def load_drug_response(
             "n_measurements": grouped["n_measurements"].to_numpy(np.int64),
         }
     )
+    expr = expr.subset(cell_lines)
+    if max_genes is not None and max_genes < expr.values.shape[1]:
+        if max_genes < 1:
+            raise DrugDataError(f"max_genes must be at least 1, got {max_genes}")
+        var = expr.values.var(axis=0).to_numpy()
+        keep = np.sort(np.argsort(-var, kind="stable")[:max_genes])
+        expr = CellLineExpression(
+            expr.values.iloc[:, keep],
+            expr.kind,
+            expr.source,
+            _check_genes(expr.values.columns[keep]),
+        )
+        subsample["genes"] = int(max_genes)
     first_name = grouped.drop_duplicates("drug_key").set_index("drug_key")["drug_name"]
     graph_pos = {n: i for i, n in enumerate(graphs.names)}
     report = JoinReport(
@@ -616,7 +635,7 @@ def load_drug_response(
         drug_names=[str(first_name[d]) for d in drugs],
         smiles=[str(smi_keys[d]) for d in drugs],
         graphs=DrugGraphs(drugs, [graphs.graphs[graph_pos[d]] for d in drugs]),
-        expression=expr.subset(cell_lines),
+        expression=expr,
         tissue=cell_line_tissue(cell_lines),
         report=report,
     )
