@@ -90,6 +90,10 @@ def per_tissue_figure(per_tissue: pd.DataFrame, title: str, *, min_pairs: int = 
     )
     im = None
     for ax, split, mat in zip(axes[0], splits, mats, strict=True):
+        if mat.empty:
+            ax.axis("off")
+            ax.set_title(f"{split}: no tissue with ≥ {min_pairs} test pairs", fontsize=9)
+            continue
         im = ax.imshow(mat.to_numpy(dtype=float), cmap="viridis", vmin=0, vmax=1, aspect="auto")
         ax.set_xticks(range(mat.shape[1]), mat.columns, rotation=60, ha="right", fontsize=7)
         ax.set_yticks(range(mat.shape[0]), mat.index, fontsize=7)
