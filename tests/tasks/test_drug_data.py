@@ -193,3 +193,10 @@ def test_expression_kinds_and_model_input(small_expression):
     bulk = expression_from(adata)
     assert bulk.kind == "bulk" and bulk.values.index[0] == "LINE0"
     np.testing.assert_array_equal(model_input(bulk).X, tpm)
+    import scfm
+    from scfm.tasks.models import random_init
+
+    bulk_input = model_input(bulk)
+    emb = scfm.embed(bulk_input, random_init("tiny", 0), pre_normalized="bulk", device="cpu")
+    assert emb.shape == (6, 4 * 32) and np.isfinite(emb).all()
+    assert bulk_input.uns["scfm"]["X_scfm"]["settings"]["pre_normalized"] == "bulk"
