@@ -198,6 +198,7 @@ def evaluate_deepcdr(
         for name in baselines:
             runs.append(_run_baseline(name, data, split, expr, fingerprints, cfg))
         for backbone, emb, embed_s in features:
+            logger.info("%s + DeepCDR on %s", backbone.label, split.description)
             start = time.perf_counter()
             pred, info = _fit_deepcdr(data, split, emb, "scfm", cfg)
             runs.append(
