@@ -323,3 +323,9 @@ from scfm.tasks.gears_cli import evaluate_gears_command, finetune_gears_command 
 
 evaluate_app.command("gears")(evaluate_gears_command)
 finetune_app.command("gears")(finetune_gears_command)
+
+# Drug response (DeepCDR)
+from scfm.tasks.deepcdr_cli import evaluate_deepcdr_command, finetune_deepcdr_command  # noqa: E402
+
+evaluate_app.command("deepcdr")(evaluate_deepcdr_command)
+finetune_app.command("deepcdr")(finetune_deepcdr_command)

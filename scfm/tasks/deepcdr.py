@@ -361,7 +361,7 @@ class DeepCDRHead:
         return F.mse_loss(output, target) / model.y_std**2  # MSE of the standardized target
 
     @torch.no_grad()
-    def evaluate(self, model, data, split, config) -> dict[str, float]:
+    def score(self, model, data, split, config) -> dict[str, float]:
         pred, y = predict_pairs(model, data, split, int(config.get("batch_size", 256)))
         m = regression_metrics(y, pred)
         std = float(model.y_std)

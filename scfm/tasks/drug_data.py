@@ -268,7 +268,7 @@ def _check_expression(df: pd.DataFrame, kind: ExpressionKind) -> pd.DataFrame:
 
 def _check_genes(genes: pd.Index) -> int:
     """Genes in the scfm vocabulary (standard rules); too few → the matrix is probably wrong."""
-    from scfm.genes import GeneVocab
+    from scfm.data.genes import GeneVocab
 
     mapping = GeneVocab.load().map(list(genes))
     n = int(mapping.mapped.sum())
