@@ -1,8 +1,8 @@
 """Pretraining throughput on Ray Train: cells/s and tokens/s per worker, scaling, loader headroom.
 
 For each preset (default tiny and 3m) it runs short real pretraining runs (``run_pretraining``:
-Ray Train, DDP, each worker reading its share with the training loader) with 1 and with 2 CPU workers and reads the
-workers' own throughput metrics (data loading + optimizer steps; validation and checkpoints
+Ray Train, DDP, each worker reading its share with the training loader) with 1 and with 2 CPU
+workers and reads the workers' own throughput metrics (data loading + optimizer steps; validation and checkpoints
 excluded; the first logging interval, with warm-up, dropped). In the same run it measures the
 data pipeline alone — the training loader over the same shards → RDA collate, no model — and
 reports its cells/s against the fastest model consumption (the loader must not be the
