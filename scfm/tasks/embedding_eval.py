@@ -192,10 +192,8 @@ def select_cells(adata, cfg: EmbeddingEvalConfig, *, layer: str | None = None) -
     rows = rows[pos]
     n_dropped = n_input - int(sum(v["cells"] for v in per_group.values()))
     if n_dropped:
-        logger.warning(
-            "dropped %d cells with a missing %s", n_dropped, "label or batch" if cfg.batch_key
-            else "label"
-        )  # fmt: skip
+        what = "label or batch" if cfg.batch_key else "label"
+        logger.warning("dropped %d cells with a missing %s", n_dropped, what)
     subsampled = rows.size < n_input - n_dropped
     scope = "per batch" if cfg.batch_key else "in all"
     if subsampled:
