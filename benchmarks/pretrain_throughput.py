@@ -2,11 +2,11 @@
 
 For each preset (default tiny and 3m) it runs short real pretraining runs (``run_pretraining``:
 Ray Train, DDP, each worker reading its share with the training loader) with 1 and with 2 CPU
-workers and reads the workers' own throughput metrics (data loading + optimizer steps; validation and checkpoints
-excluded; the first logging interval, with warm-up, dropped). In the same run it measures the
-data pipeline alone — the training loader over the same shards → RDA collate, no model — and
-reports its cells/s against the fastest model consumption (the loader must not be the
-bottleneck: target ≥ 5× headroom).
+workers and reads the workers' own throughput metrics (data loading + optimizer steps;
+validation and checkpoints excluded; the first logging interval, with warm-up, dropped). In the
+same run it measures the data pipeline alone (the training loader over the same shards → RDA
+collate, no model) and reports its cells/s against the fastest model consumption (the loader
+must not be the bottleneck: target ≥ 5× headroom).
 
 Scaling efficiency = cells/s with 2 workers / (2 × cells/s with 1 worker). On a 2-core machine
 two workers also share the cores with their reader threads and the driver: a lower bound.

@@ -329,3 +329,8 @@ from scfm.tasks.deepcdr_cli import evaluate_deepcdr_command, finetune_deepcdr_co
 
 evaluate_app.command("deepcdr")(evaluate_deepcdr_command)
 finetune_app.command("deepcdr")(finetune_deepcdr_command)
+
+# Zero-shot embedding evaluation (scIB metrics against PCA / scVI baselines)
+from scfm.tasks.embedding_cli import evaluate_embedding_command  # noqa: E402
+
+evaluate_app.command("embedding")(evaluate_embedding_command)

@@ -12,10 +12,10 @@ import mlflow
 import numpy as np
 import pandas as pd
 import pytest
-import typer
 from typer.testing import CliRunner
 
 from scfm import datasets
+from scfm.cli import app
 from scfm.data.io import read_counts
 from scfm.tasks.embedding_cli import evaluate_embedding_command
 from scfm.tasks.embedding_eval import EmbeddingEvalConfig, evaluate_embedding
@@ -24,21 +24,6 @@ from scfm.tasks.scib import AGGREGATES, BATCH_METRICS, BIO_METRICS
 
 runner = CliRunner()
 N_CELLS = 300
-
-
-def _cli() -> tuple[typer.Typer, list[str]]:
-    """``scfm evaluate embedding`` once registered in scfm.cli; until then the same command on a
-    small app (the registration line is ``evaluate_app.command("embedding")(...)``)."""
-    from scfm.tasks.cli import evaluate_app
-
-    if any(c.name == "embedding" for c in evaluate_app.registered_commands):
-        from scfm.cli import app
-
-        return app, ["evaluate", "embedding"]
-    app = typer.Typer()
-    app.callback()(lambda: None)
-    app.command("embedding")(evaluate_embedding_command)
-    return app, ["embedding"]
 
 
 @pytest.fixture(scope="module")
@@ -77,7 +62,7 @@ def cli_run(kang300_h5ad, trained_checkpoint, tmp_path_factory):
     """One CLI run with its own MLflow store (module scope: the scIB kernels compile once)."""
     root = tmp_path_factory.mktemp("cli")
     uri = f"sqlite:///{root / 'mlflow.db'}"
-    app, cmd = _cli()
+    cmd = ["evaluate", "embedding"]
     mp = pytest.MonkeyPatch()
     mp.setenv("MLFLOW_TRACKING_URI", uri)
     try:
@@ -210,7 +195,7 @@ def test_bad_inputs_stop_with_the_fix(kang300, change, kwargs, message):
 
 
 def test_cli_bad_input_exits_1_with_the_message(kang300_h5ad, tmp_path):
-    app, cmd = _cli()
+    cmd = ["evaluate", "embedding"]
     result = runner.invoke(
         app,
         [*cmd, "--h5ad", str(kang300_h5ad), "--label-key", "cell_type", "--batch-key", "donor",
