@@ -81,7 +81,9 @@ def run_one(fmt: str, n: int, args) -> dict:
         )
         if executor == "ray":  # fresh workers: ru_maxrss is a process's lifetime peak
             ray.shutdown()
-            ray.init(num_cpus=args.cpus, include_dashboard=False, log_to_driver=False)
+            ray.init(
+                address="local", num_cpus=args.cpus, include_dashboard=False, log_to_driver=False
+            )
         t0 = time.perf_counter()
         res = build_corpus(cfg)
         wall = time.perf_counter() - t0

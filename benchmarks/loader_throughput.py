@@ -209,7 +209,9 @@ def run_child(name: str, args: argparse.Namespace) -> dict:
     elif name == "Ray Data (previous path)":
         import ray
 
-        ray.init(num_cpus=os.cpu_count(), include_dashboard=False, log_to_driver=False)
+        ray.init(
+            address="local", num_cpus=os.cpu_count(), include_dashboard=False, log_to_driver=False
+        )
         extra["ray_start_s"] = time.perf_counter() - t0
         t0 = time.perf_counter()  # Ray start-up reported apart
         ds = corpus.ray_dataset(split="train", columns=MODEL_COLUMNS)
@@ -409,7 +411,7 @@ def prepare_annbatch(args: argparse.Namespace, workdir: Path) -> dict | None:
 
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--workdir", default="bench/loader")
+    p.add_argument("--workdir", default="results/loader")
     p.add_argument("--cells", type=int, default=200_000)
     p.add_argument("--datasets", type=int, default=20)
     p.add_argument("--nnz", type=float, default=1900, help="target nonzeros per generated cell")
@@ -457,6 +459,7 @@ def print_table(rows: list[dict], args: argparse.Namespace) -> None:
 
     print(f"\n{args.cells:,} cells, batches of {args.batch}, {args.cells_per_run:,} cells per run, "
           f"{os.cpu_count()} cores; first batch from constructing the loader\n")  # fmt: skip
+    print("(×: ratio to annbatch measured in this run)\n")
     print("| loader | cells/s quiet | cells/s loaded | peak RSS | first batch | mixing (TV) |")
     print("|---|---:|---:|---:|---:|---:|")
     base = next((r for r in rows if r["loader"] == "annbatch" and r.get("quiet")), None)
@@ -465,11 +468,13 @@ def print_table(rows: list[dict], args: argparse.Namespace) -> None:
         first = cell(q, "first_batch_s", ".1f") + " s"
         if q.get("ray_start_s"):
             first += f" + {q['ray_start_s']:.1f} s Ray start"
-        ratio = ""
-        if base and q and r is not base:
-            ratio = f" ({q['cells_per_s'] / base['quiet']['cells_per_s']:.2f}× annbatch)"
-        print(f"| {r['loader']} | {cell(q, 'cells_per_s', ',.0f')}{ratio} | "
-              f"{cell(lo, 'cells_per_s', ',.0f')} | {cell(q, 'peak_rss_gb', '.2f')} GB | {first} | "
+        ratio = {"quiet": "", "loaded": ""}
+        for cond, mine in (("quiet", q), ("loaded", lo)):
+            if base and base.get(cond) and mine and r is not base:
+                ratio[cond] = f" ({mine['cells_per_s'] / base[cond]['cells_per_s']:.2f}×)"
+        print(f"| {r['loader']} | {cell(q, 'cells_per_s', ',.0f')}{ratio['quiet']} | "
+              f"{cell(lo, 'cells_per_s', ',.0f')}{ratio['loaded']} | "
+              f"{cell(q, 'peak_rss_gb', '.2f')} GB | {first} | "
               f"{cell(q, 'mixing_tv', '.2f')} |")  # fmt: skip
 
 

@@ -41,6 +41,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a check
 
 import fresh_process  # noqa: E402  (benchmarks/, the script's own folder)
 
+from scfm.data.packed import PackedCells  # noqa: E402
 from scfm.model.config import N_GENES, N_POS, ModelConfig  # noqa: E402
 from scfm.model.embedding import AutoDiscretization, gene_embedding  # noqa: E402
 from scfm.model.encoder import Encoder  # noqa: E402
@@ -78,7 +79,7 @@ def dense_inputs(b: CellBatch) -> tuple[Tensor, Tensor]:
 
 
 # --------------------------------------------------------------------------------------- data
-def synthetic_cells(n_cells: int, seed: int, frac_nonzero: float = 0.1) -> dict[str, np.ndarray]:
+def synthetic_cells(n_cells: int, seed: int, frac_nonzero: float = 0.1) -> PackedCells:
     """Loader-format batch: ~10 % of genes expressed, counts 1 + NegBin (mean ≈ 3.5)."""
     rng = np.random.default_rng(seed)
     gene_idx, counts, offsets, totals = [], [], [0], []
@@ -90,12 +91,12 @@ def synthetic_cells(n_cells: int, seed: int, frac_nonzero: float = 0.1) -> dict[
         counts.append(c)
         offsets.append(offsets[-1] + n)
         totals.append(float(c.sum()) * 1.1)
-    return {
-        "gene_idx": np.concatenate(gene_idx),
-        "counts": np.concatenate(counts),
-        "offsets": np.asarray(offsets, dtype=np.int64),
-        "total_counts": np.asarray(totals),
-    }
+    return PackedCells(
+        gene_idx=np.concatenate(gene_idx),
+        counts=np.concatenate(counts),
+        offsets=np.asarray(offsets, dtype=np.int64),
+        total_counts=np.asarray(totals),
+    )
 
 
 # ------------------------------------------------------------------------------------- worker

@@ -7,10 +7,12 @@ group's cells of one split as :class:`RowGroup` (CSR arrays), from a node-local
 **training cache** when it can:
 
 Decoding a parquet row group (zstd pages, list levels, delta and byte-stream-split values) costs
-about 30 µs per cell on one core; reading the same cells back from an LZ4 Arrow IPC file costs
-about 6 µs (``benchmarks/loader_throughput.py``). The first read of a row group decodes the
-parquet and writes ``<cache>/<shard key>/g<group>.<split>.arrow`` (temporary name, then rename);
-later epochs, and other workers on the node, read that file. Shard files are immutable under
+about 30 µs per cell on one core; an LZ4 Arrow IPC file about 8 µs; an uncompressed Arrow IPC
+file, memory-mapped, about 2 µs (``benchmarks/loader_throughput.py``), for ~10 kB of disk per
+cell at ~1,900 nonzeros (the parquet: ~2.6 kB). The first read of a row group decodes the parquet
+and writes ``<cache>/<shard key>/g<group>.<split>.arrow`` (temporary name, then rename;
+uncompressed unless ``compression="lz4"``); later epochs, and other workers on the node, map that
+file. The page cache holds what fits in memory, the disk the rest. Shard files are immutable under
 their name, so a cache entry is keyed by the shard's path and size and stays valid across corpus
 versions that keep the shard. A cache file that cannot be read is deleted and rebuilt from the
 parquet.
@@ -84,14 +86,19 @@ class RowGroup:
 
 
 def _chunk(col: pa.ChunkedArray | pa.Array) -> pa.Array:
-    return col.combine_chunks() if isinstance(col, pa.ChunkedArray) else col
+    """One array (zero-copy when the column has one chunk, as cache files and row groups do)."""
+    if isinstance(col, pa.ChunkedArray):
+        return col.chunk(0) if col.num_chunks == 1 else col.combine_chunks()
+    return col
 
 
 def gather(parts: list[tuple[RowGroup, np.ndarray]]) -> PackedCells:
     """Packed cells made of ``rows`` of each row group, in the order given.
 
     Each cell is one contiguous slice of its row group's arrays; one concatenation per array
-    copies them (measured 4× faster than a fancy-index gather of the same entries).
+    copies them in the stored dtype (measured 4× faster than a fancy-index gather of the same
+    entries); the gene indices are widened to int32 once, afterwards (casting inside the
+    concatenation costs a cast setup per cell, ~3× the whole gather).
     """
     genes: list[np.ndarray] = []
     values: list[np.ndarray] = []
@@ -112,8 +119,10 @@ def gather(parts: list[tuple[RowGroup, np.ndarray]]) -> PackedCells:
     offsets = np.zeros(lens.size + 1, np.int64)
     np.cumsum(lens, out=offsets[1:])
     return PackedCells(
-        gene_idx=np.concatenate(genes, dtype=np.int32) if genes else np.zeros(0, np.int32),
-        counts=np.concatenate(values, dtype=np.float32) if values else np.zeros(0, np.float32),
+        gene_idx=np.concatenate(genes).astype(np.int32) if genes else np.zeros(0, np.int32),
+        counts=np.concatenate(values).astype(np.float32, copy=False)
+        if values
+        else np.zeros(0, np.float32),
         offsets=offsets,
         total_counts=np.concatenate(totals) if totals else np.zeros(0),
         cell_id=np.concatenate(ids) if ids and len(ids) == len(lengths) else None,
@@ -161,6 +170,9 @@ class RowGroupReader:
         the parquet every time.
     with_ids
         Also return cell ids (``PackedCells.cell_id``); training does not need them.
+    compression
+        Of new cache files: None (memory-mapped, fastest) or ``"lz4"`` (about half the disk,
+        4× the read cost). Existing files are read whatever their compression.
     """
 
     def __init__(
@@ -170,8 +182,12 @@ class RowGroupReader:
         cache: bool = True,
         cache_dir: str | Path | None = None,
         with_ids: bool = False,
+        compression: Literal["lz4"] | None = None,
     ) -> None:
+        if compression not in (None, "lz4"):
+            raise ValueError(f"cache compression must be None or 'lz4', got {compression!r}")
         self.corpus = corpus
+        self.compression = compression
         self.cache_dir = Path(cache_dir) if cache_dir else default_cache_dir()
         self.cache = cache
         self.with_ids = with_ids
@@ -239,7 +255,7 @@ class RowGroupReader:
         for split in ("train", "val"):
             part = table.filter(pc.equal(table.column("split"), split)).select(list(CELL_COLUMNS))
             if write:
-                _write_ipc(self._entry(rel) / f"g{group:05d}.{split}.arrow", part)
+                _write_ipc(self._entry(rel) / f"g{group:05d}.{split}.arrow", part, self.compression)
             if not self.with_ids:
                 part = part.drop_columns(["cell_id"])
             out[split] = RowGroup.from_arrow(part)
@@ -270,15 +286,15 @@ def _split_counts(column: pa.ChunkedArray) -> dict[str, int]:
 
 
 def _read_ipc(path: Path, with_ids: bool) -> pa.Table:
-    with pa.OSFile(str(path)) as src:
-        table = pa.ipc.open_file(src).read_all()
+    """The file's table; uncompressed buffers stay memory-mapped (unmapped when released)."""
+    table = pa.ipc.open_file(pa.memory_map(str(path))).read_all()
     return table if with_ids else table.drop_columns(["cell_id"])
 
 
-def _write_ipc(path: Path, table: pa.Table) -> None:
+def _write_ipc(path: Path, table: pa.Table, compression: str | None = None) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f"{path.name}.tmp-{uuid.uuid4().hex[:12]}")
-    options = pa.ipc.IpcWriteOptions(compression="lz4")
+    options = pa.ipc.IpcWriteOptions(compression=compression)
     with (
         pa.OSFile(str(tmp), "wb") as sink,
         pa.ipc.new_file(sink, table.schema, options=options) as w,

@@ -30,6 +30,7 @@ from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 
@@ -77,8 +78,8 @@ class ShuffledBatches:
         Threads decoding row groups ahead of need.
     prefetch_batches
         Finished batches queued ahead of the consumer.
-    cache, cache_dir, with_ids
-        See :class:`~scfm.corpus.rowgroups.RowGroupReader`.
+    cache, cache_dir, with_ids, cache_compression
+        See :class:`~scfm.corpus.rowgroups.RowGroupReader` (``compression``).
     """
 
     def __init__(
@@ -96,6 +97,7 @@ class ShuffledBatches:
         cache: bool = True,
         cache_dir: str | Path | None = None,
         with_ids: bool = False,
+        cache_compression: Literal["lz4"] | None = None,
     ) -> None:
         if batch_size < 1:
             raise ValueError(f"batch_size must be positive, got {batch_size}")
@@ -104,7 +106,13 @@ class ShuffledBatches:
         self.batch_size, self.seed, self.rank, self.world = batch_size, seed, rank, world
         self.reader_threads = max(1, reader_threads)
         self.prefetch_batches = max(1, prefetch_batches)
-        self.reader = RowGroupReader(corpus, cache=cache, cache_dir=cache_dir, with_ids=with_ids)
+        self.reader = RowGroupReader(
+            corpus,
+            cache=cache,
+            cache_dir=cache_dir,
+            with_ids=with_ids,
+            compression=cache_compression,
+        )
         self.index: RowGroupIndex = self.reader.index().limit_train(max_train_cells)
         n = self.index.n_train
         has_cells = np.flatnonzero(n > 0)

@@ -62,8 +62,12 @@ class DataArgs:
     reader_threads: int = option(2, "Threads per worker decoding row groups ahead of need.")
     cache: bool = option(
         True,
-        "Keep decoded row groups in a node-local training cache (LZ4 Arrow IPC), so epochs "
-        "after the first skip parquet decoding (~6 µs instead of ~30 µs per cell).",
+        "Keep decoded row groups in a node-local training cache (memory-mapped Arrow IPC, "
+        "~10 kB of disk per cell), so epochs after the first skip parquet decoding "
+        "(~2 µs instead of ~30 µs per cell).",
+    )
+    cache_lz4: bool = option(
+        False, "Compress the training cache with LZ4: about half the disk, 4× the read cost."
     )
     cache_dir: str = option(
         "", "Training cache directory ('' = $SCFM_CACHE_DIR/corpus, else ~/.cache/scfm/corpus)."

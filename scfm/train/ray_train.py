@@ -103,6 +103,7 @@ def worker_batches(cfg: PretrainConfig, version: int | None, rank: int, world: i
         reader_threads=d.reader_threads,
         cache=d.cache,
         cache_dir=d.cache_dir or None,
+        cache_compression="lz4" if d.cache_lz4 else None,
     )
 
 

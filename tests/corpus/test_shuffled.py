@@ -155,14 +155,20 @@ def test_cache_parquet_and_rebuilt_cache_give_identical_batches(many, tmp_path):
     assert cache_files  # written on first read
     warm = list(loader(many, tmp_path).epoch(0))
     direct = list(loader(many, tmp_path, cache=False).epoch(0))
+    lz4 = list(loader(many, tmp_path / "lz4", cache_compression="lz4").epoch(0))
+    lz4_files = sorted((tmp_path / "lz4" / "cache").rglob("*.arrow"))
+    assert sum(f.stat().st_size for f in lz4_files) < sum(f.stat().st_size for f in cache_files)
     cache_files[0].write_bytes(b"not an arrow file")  # a damaged entry is rebuilt, not trusted
+    cut = cache_files[1].read_bytes()
+    cache_files[1].write_bytes(cut[: len(cut) // 2])  # so is a truncated one
     repaired = list(loader(many, tmp_path).epoch(0))
-    for other in (warm, direct, repaired):
+    for other in (warm, direct, lz4, repaired):
         for a, b in zip(cold, other, strict=True):
             assert list(a.cell_id) == list(b.cell_id)
             assert np.array_equal(a.gene_idx, b.gene_idx) and np.array_equal(a.counts, b.counts)
             assert np.array_equal(a.offsets, b.offsets)
     assert cache_files[0].read_bytes()[:6] == b"ARROW1"
+    assert cache_files[1].read_bytes() == cut
 
 
 def test_validation_cells_are_split_over_ranks_in_equal_blocks(many, frame, tmp_path):
@@ -194,3 +200,5 @@ def test_bad_arguments_are_refused(many, tmp_path):
         ShuffledBatches(many, 8, rank=3, world=2, cache_dir=tmp_path)
     with pytest.raises(ValueError, match="batch_size must be positive"):
         ShuffledBatches(many, 0, cache_dir=tmp_path)
+    with pytest.raises(ValueError, match="cache compression must be None or 'lz4'"):
+        ShuffledBatches(many, 8, cache_dir=tmp_path, cache_compression="zstd")
