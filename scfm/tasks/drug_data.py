@@ -137,6 +137,38 @@ def read_response(
     return out, int((~ok).sum())
 
 
+def read_named_response(
+    dataset: str = "GDSC2",
+    response: pd.DataFrame | str | Path | None = None,
+    *,
+    cell_col: str | None = None,
+    drug_col: str | None = None,
+    value_col: str | None = None,
+    value: Literal["ln_ic50", "ic50_um"] | None = None,
+) -> tuple[pd.DataFrame, int]:
+    """:func:`read_response` of a named table (``GDSC2``, ``GDSC1``, ``CCLE``) or of ``response``
+    (columns default to ``cell_line``, ``drug``, ``ln_ic50``)."""
+    if response is None:
+        if dataset not in RESPONSE_TABLES:
+            raise DrugDataError(
+                f"unknown drug-response data set {dataset!r}: choose one of "
+                f"{', '.join(RESPONSE_TABLES)} or pass a response table"
+            )
+        from scfm import datasets
+
+        spec = RESPONSE_TABLES[dataset]
+        response = datasets.fetch(spec.resource)
+        cell_col, drug_col = cell_col or spec.cell_col, drug_col or spec.drug_col
+        value_col, value = value_col or spec.value_col, value or spec.value
+    return read_response(
+        response,
+        cell_col=cell_col or "cell_line",
+        drug_col=drug_col or "drug",
+        value_col=value_col or "ln_ic50",
+        value=value or "ln_ic50",
+    )
+
+
 # ------------------------------------------------------------------------------ expression
 @dataclass
 class CellLineExpression:
@@ -284,6 +316,23 @@ def _check_genes(genes: pd.Index) -> int:
     return n
 
 
+def top_variance_genes(expr: CellLineExpression, max_genes: int) -> CellLineExpression:
+    """The ``max_genes`` genes with the largest variance across the cell lines of ``expr``
+    (column order kept). Unsupervised: no response values are used."""
+    if max_genes < 1:
+        raise DrugDataError(f"max_genes must be at least 1, got {max_genes}")
+    if max_genes >= expr.values.shape[1]:
+        return expr
+    var = expr.values.var(axis=0).to_numpy()
+    keep = np.sort(np.argsort(-var, kind="stable")[:max_genes])
+    return CellLineExpression(
+        expr.values.iloc[:, keep],
+        expr.kind,
+        expr.source,
+        _check_genes(expr.values.columns[keep]),
+    )
+
+
 def log_normalized(values: np.ndarray) -> np.ndarray:
     """``log1p(x / row total · median row total)``: scfm's bulk normalization, for baselines."""
     totals = values.sum(axis=1, keepdims=True)
@@ -314,6 +363,41 @@ def model_input(expr: CellLineExpression, *, zscore_scale: float = DEFAULT_ZSCOR
     adata.obs_names = expr.values.index.astype(str)
     adata.var_names = expr.values.columns.astype(str)
     return adata
+
+
+def embed_expression(
+    expr: CellLineExpression,
+    backbone,
+    *,
+    pool: Sequence[str] = ("S", "T", "max", "mean"),
+    zscore_scale: float = DEFAULT_ZSCORE_SCALE,
+    batch_size: int = 16,
+    device: str = "auto",
+    progress: bool = False,
+) -> tuple[np.ndarray, float]:
+    """Frozen scfm embeddings of every cell line of ``expr`` (``pre_normalized="bulk"``, the
+    :func:`model_input` transform), rows in ``expr`` order, and the seconds it took.
+
+    ``backbone`` is a :class:`~scfm.tasks.models.Backbone` or an XTrimoGene.
+    """
+    import time
+
+    from scfm.inference import embed
+
+    model = getattr(backbone, "model", backbone)
+    adata = model_input(expr, zscore_scale=zscore_scale)
+    start = time.perf_counter()
+    emb = embed(
+        adata,
+        model,
+        pre_normalized="bulk",
+        pool=tuple(pool),
+        batch_size=batch_size,
+        device=device,
+        progress=progress,
+        key_added="X_scfm",
+    )
+    return emb, time.perf_counter() - start
 
 
 # ------------------------------------------------------------------------------ tissue
@@ -509,24 +593,13 @@ def load_drug_response(
     DrugDataError
         Missing columns, bad expression, or no row that joins (with examples of both sides).
     """
-    if response is None:
-        if dataset not in RESPONSE_TABLES:
-            raise DrugDataError(
-                f"unknown drug-response data set {dataset!r}: choose one of "
-                f"{', '.join(RESPONSE_TABLES)} or pass a response table"
-            )
-        from scfm import datasets
-
-        spec = RESPONSE_TABLES[dataset]
-        response = datasets.fetch(spec.resource)
-        cell_col, drug_col = cell_col or spec.cell_col, drug_col or spec.drug_col
-        value_col, value = value_col or spec.value_col, value or spec.value
-    rows, n_missing = read_response(
+    rows, n_missing = read_named_response(
+        dataset,
         response,
-        cell_col=cell_col or "cell_line",
-        drug_col=drug_col or "drug",
-        value_col=value_col or "ln_ic50",
-        value=value or "ln_ic50",
+        cell_col=cell_col,
+        drug_col=drug_col,
+        value_col=value_col,
+        value=value,
     )
     expr = expression if isinstance(expression, CellLineExpression) else None
     if expr is None:
@@ -589,16 +662,7 @@ def load_drug_response(
     )
     expr = expr.subset(cell_lines)
     if max_genes is not None and max_genes < expr.values.shape[1]:
-        if max_genes < 1:
-            raise DrugDataError(f"max_genes must be at least 1, got {max_genes}")
-        var = expr.values.var(axis=0).to_numpy()
-        keep = np.sort(np.argsort(-var, kind="stable")[:max_genes])
-        expr = CellLineExpression(
-            expr.values.iloc[:, keep],
-            expr.kind,
-            expr.source,
-            _check_genes(expr.values.columns[keep]),
-        )
+        expr = top_variance_genes(expr, max_genes)
         subsample["genes"] = int(max_genes)
     first_name = grouped.drop_duplicates("drug_key").set_index("drug_key")["drug_name"]
     graph_pos = {n: i for i, n in enumerate(graphs.names)}
