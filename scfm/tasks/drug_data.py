@@ -83,7 +83,8 @@ RESPONSE_TABLES: dict[str, ResponseTable] = {
 }
 
 
-def _read_table(path: str | Path) -> pd.DataFrame:
+def read_table(path: str | Path) -> pd.DataFrame:
+    """A ``.parquet``, ``.tsv`` / ``.txt`` (tab-separated) or ``.csv`` table."""
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f"{path} does not exist")
@@ -108,7 +109,7 @@ def read_response(
     DrugDataError
         A required column is missing, or ``ic50_um`` values are not positive.
     """
-    df = table if isinstance(table, pd.DataFrame) else _read_table(table)
+    df = table if isinstance(table, pd.DataFrame) else read_table(table)
     missing = [c for c in (cell_col, drug_col, value_col) if c not in df.columns]
     if missing:
         raise DrugDataError(
@@ -227,7 +228,7 @@ def expression_from(
 
             df = _anndata_frame(ad.read_h5ad(data))
         else:
-            df = _read_table(data)
+            df = read_table(data)
             if df.columns[0] in ("cell_line", "Unnamed: 0", "") or df.iloc[:, 0].dtype == object:
                 df = df.set_index(df.columns[0])
     elif hasattr(data, "obs_names") and hasattr(data, "var_names"):
@@ -541,7 +542,7 @@ def read_smiles(smiles: pd.DataFrame | dict[str, str] | str | Path | None = None
         smiles = datasets.fetch("drug_smiles")
     if isinstance(smiles, dict):
         return pd.Series(smiles, dtype=object)
-    df = smiles if isinstance(smiles, pd.DataFrame) else _read_table(smiles)
+    df = smiles if isinstance(smiles, pd.DataFrame) else read_table(smiles)
     for cols in (("drug_name", "smiles"), ("drug", "smiles"), ("name", "smiles")):
         if set(cols) <= set(df.columns):
             return pd.Series(df[cols[1]].to_numpy(), index=df[cols[0]].astype(str), dtype=object)
