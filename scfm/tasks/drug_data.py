@@ -30,6 +30,7 @@ import logging
 import re
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
+from functools import cache
 from pathlib import Path
 from typing import Any, Literal
 
@@ -215,10 +216,7 @@ def expression_from(
     """
     source = "gdsc_expression"
     if data is None:
-        from scfm import datasets
-
-        path = datasets.fetch("gdsc_expression")
-        df = pd.read_parquet(path)
+        df = _shared_expression().copy()  # cached read; callers get their own copy
     elif isinstance(data, pd.DataFrame):
         df, source = data, "DataFrame"
     elif isinstance(data, str | Path):
@@ -253,6 +251,14 @@ def expression_from(
         n_mapped,
     )
     return CellLineExpression(values, resolved, source, n_mapped)
+
+
+@cache
+def _shared_expression() -> pd.DataFrame:
+    """The shared GDSC matrix, read once per process."""
+    from scfm import datasets
+
+    return pd.read_parquet(datasets.fetch("gdsc_expression"))
 
 
 def _anndata_frame(adata) -> pd.DataFrame:
