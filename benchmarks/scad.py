@@ -13,8 +13,8 @@ embeddings (pool S, T, max, mean) of each ``--model`` plus its random-init contr
 the tiny random-init model — no pretrained weights exist on a CPU box) and on raw expression;
 logistic regression on raw expression.
 
-    python benchmarks/scad.py                              # 4 drugs × 3 seeds, ~10 min on 2 CPUs
-    python benchmarks/scad.py --drug PLX4720 --seeds 5
+    python benchmarks/scad.py                              # 4 drugs × 5 seeds, ~10 min on 2 CPUs
+    python benchmarks/scad.py --drug PLX4720 --seeds 10
     python benchmarks/scad.py --model checkpoints/scfm-10m # a trained model + its control
 
 Prints the table (mean ± SD over seeds) and the run time; writes the outputs to ``--out``.
@@ -37,7 +37,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--drug", action="append", default=None, help="drug (repeat)")
     parser.add_argument("--dataset", default="GDSC1", help="GDSC1 (all four drugs), GDSC2")
     parser.add_argument("--model", action="append", default=[], help="scfm checkpoint (repeat)")
-    parser.add_argument("--seeds", type=int, default=3)
+    parser.add_argument("--seeds", type=int, default=5)
     parser.add_argument("--max-genes", type=int, default=1000, help="top-variance genes")
     parser.add_argument("--proxy-lines", type=int, default=5, help="held-out lines per class")
     parser.add_argument("--cells-per-line", type=int, default=40)
