@@ -1,15 +1,15 @@
 """Pretraining throughput on Ray Train: cells/s and tokens/s per worker, scaling, loader headroom.
 
 For each preset (default tiny and 3m) it runs short real pretraining runs (``run_pretraining``:
-Ray Train, DDP, the corpus streamed by Ray Data) with 1 and with 2 CPU workers and reads the
-workers' own throughput metrics (data loading + optimizer steps; validation and checkpoints
-excluded; the first logging interval, with warm-up, dropped). In the same run it measures the
-data pipeline alone — Ray Data read of the same shards → pack → RDA collate, no model — and
-reports its cells/s against the fastest model consumption (the loader must not be the
-bottleneck: target ≥ 5× headroom).
+Ray Train, DDP, each worker reading its share with the training loader) with 1 and with 2 CPU
+workers and reads the workers' own throughput metrics (data loading + optimizer steps;
+validation and checkpoints excluded; the first logging interval, with warm-up, dropped). In the
+same run it measures the data pipeline alone (the training loader over the same shards → RDA
+collate, no model) and reports its cells/s against the fastest model consumption (the loader
+must not be the bottleneck: target ≥ 5× headroom).
 
 Scaling efficiency = cells/s with 2 workers / (2 × cells/s with 1 worker). On a 2-core machine
-two workers also share the cores with Ray Data and the driver, so it is a lower bound.
+two workers also share the cores with their reader threads and the driver: a lower bound.
 
     python benchmarks/pretrain_throughput.py                       # Kang corpus, tiny and 3m
     python benchmarks/pretrain_throughput.py --corpus big_corpus --presets 3m 10m --steps 40
@@ -52,23 +52,23 @@ def build_kang_corpus(out: Path) -> str:
 
 
 def loader_cells_per_s(corpus: str, batch_size: int) -> tuple[float, float]:
-    """Steady-state cells/s and tokens/cell of the data side alone: Ray Data → pack → collate.
+    """Steady-state cells/s and tokens/cell of the data side alone: the training loader
+    (:class:`scfm.corpus.shuffled.ShuffledBatches`, one worker) → RDA collate.
 
-    Reads the whole train split; the clock starts at the first batch, so Ray Data's one-off
-    start-up (planning, listing files: seconds) is not counted — training pays it once per epoch.
+    Reads one epoch; the clock starts at the first batch (index, first row groups: once per run).
     """
     import numpy as np
 
-    from scfm.data.packed import PackedCells
+    from scfm.corpus.loader import open_corpus
+    from scfm.corpus.shuffled import ShuffledBatches
     from scfm.model.rda import RDAConfig, collate
-    from scfm.train.corpus_data import corpus_splits
 
-    ds = corpus_splits(corpus)["train"]
+    data = ShuffledBatches(open_corpus(corpus), batch_size)
     rng, rda = np.random.default_rng(0), RDAConfig()
     cells = tokens = 0
     start = None
-    for table in ds.iter_batches(batch_size=batch_size, batch_format="pyarrow"):
-        batch = collate(PackedCells.from_arrow(table), rda, rng)
+    for packed in data.epoch(0):
+        batch = collate(packed, rda, rng)
         if start is None:  # first batch: start-up done
             start = time.perf_counter()
             continue
@@ -91,8 +91,7 @@ def train_rates(
     from scfm.train.pretrain import run_pretraining
 
     log_every = max(1, steps // 5)
-    # leave one CPU to Ray Data (see scfm.train.pretrain.check_cpu_budget)
-    cpus_per_worker = min(1.0, (ray.cluster_resources()["CPU"] - 1) / workers)
+    cpus_per_worker = min(1.0, ray.cluster_resources()["CPU"] / workers)
     cfg = PretrainConfig.load(
         overrides=[
             f"model={preset}",
@@ -148,7 +147,7 @@ def main() -> None:
 
     loader_rate, tokens_per_cell = loader_cells_per_s(corpus, args.batch)
     print(f"corpus {corpus}: {tokens_per_cell:.0f} encoder tokens per cell (after masking)")
-    print(f"data pipeline alone (Ray Data → pack → collate, 1 process): {loader_rate:,.0f} cells/s")
+    print(f"data pipeline alone (training loader → collate, 1 process): {loader_rate:,.0f} cells/s")
 
     rows = []
     for preset in args.presets:

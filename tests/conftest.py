@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import tempfile
 
 import pytest
 
@@ -11,6 +12,8 @@ os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 os.environ.setdefault("RAY_AUTH_MODE", "disabled")
 os.environ.setdefault("RAY_ENABLE_UV_RUN_RUNTIME_ENV", "0")
 os.environ.setdefault("TQDM_DISABLE", "1")
+# the training cache of every test session in its own folder, never the user's ~/.cache
+os.environ.setdefault("SCFM_CACHE_DIR", tempfile.mkdtemp(prefix="scfm-test-cache-"))
 
 
 @pytest.fixture(scope="session")

@@ -25,6 +25,7 @@ import scipy.sparse as sp
 import torch
 from tqdm.auto import tqdm
 
+from scfm.data.background import background
 from scfm.data.packed import N_GENES, PackedCells
 from scfm.data.prepared import DEFAULT_BLOCK_ROWS, ModelBlock, counts_block
 from scfm.data.validate import DEFAULT_MIN_MAPPED_FRACTION
@@ -159,7 +160,7 @@ def embed(
     out = np.empty((target.n_obs, len(parts) * run.engine.model.cfg.enc_dim), dtype=np.float32)
     desc = f"embed ({run.info.name})"
     with tqdm(total=target.n_obs, unit="cell", desc=desc, disable=not progress) as bar:
-        for block in run.blocks(block_rows=block_rows):
+        for block in background(run.blocks(block_rows=block_rows), 1, "scfm-blocks"):
             out[block.start : block.stop] = embed_block(
                 run.engine,
                 block,
@@ -193,8 +194,12 @@ def embed_block(
     """
     out = np.empty((block.n_cells, len(pool) * engine.model.cfg.enc_dim), dtype=np.float32)
     max_tokens = engine.resolve_max_tokens(max_tokens)
-    for rows in length_sorted_batches(block.lengths(), batch_size, max_tokens):
-        out[rows] = engine.embed(block.batch(rows), pool=pool, depth=depth_rows(target_depth, rows))
+    batches = (
+        (rows, block.batch(rows), depth_rows(target_depth, rows))
+        for rows in length_sorted_batches(block.lengths(), batch_size, max_tokens)
+    )  # built in the engine's background thread, ahead of the device
+    for rows, emb in engine.embed_stream(batches, pool):
+        out[rows] = emb
         if on_batch is not None:
             on_batch(len(rows))
     return out

@@ -4,18 +4,27 @@
 bf16 autocast on CUDA). It is what :func:`scfm.inference.embed`, the Ray Data actors and the
 benchmark share. Cell embeddings run the encoder only; the decoder (19,266 positions per cell)
 runs only for gene embeddings and expression prediction.
+
+:meth:`InferenceEngine.embed_stream` keeps a GPU fed: a background thread prepares the next
+batches on the host (normalization, packing, pinned memory) while the device computes; batches
+go over with non-blocking copies, and each result comes back one batch late (an asynchronous
+copy and a CUDA event), so the host never waits for the batch the device is working on. Cell
+embeddings on CUDA skip padding (``attention="jagged"``: nested jagged tensors through
+``scaled_dot_product_attention``); ``compile=True`` runs the encoder through ``torch.compile``.
 """
 
 from __future__ import annotations
 
 import math
 import re
-from collections.abc import Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from typing import Any, Literal
 
 import numpy as np
 import torch
 from torch import Tensor
 
+from scfm.data.background import background
 from scfm.data.packed import NormalizedCells, PackedCells, depth_token
 from scfm.inference.settings import POOL_PARTS, PoolPart, check_pool  # noqa: F401
 from scfm.model.config import N_GENES, S_POS, T_POS
@@ -30,6 +39,7 @@ from scfm.runtime import (
 )
 
 TargetDepth = float | str | np.ndarray | None
+Attention = Literal["auto", "padded", "jagged"]
 
 CPU_MAX_TOKENS = 4096
 GPU_MAX_TOKENS = 65536
@@ -130,11 +140,24 @@ class InferenceEngine:
     """
 
     def __init__(
-        self, model: XTrimoGene, device: str | torch.device = "auto", precision: Precision = "auto"
+        self,
+        model: XTrimoGene,
+        device: str | torch.device = "auto",
+        precision: Precision = "auto",
+        attention: Attention = "auto",
+        compile: bool = False,
     ) -> None:
         self.device = resolve_device(device)
         self._precision = resolve_precision(precision, self.device)
         self.model = model.to(self.device)
+        if attention not in ("auto", "padded", "jagged"):
+            raise ValueError(f"attention must be 'auto', 'padded' or 'jagged', got {attention!r}")
+        # padding-free attention where it pays: big GPU batches (CPU batches are length-sorted
+        # and small, and the math kernel for jagged tensors is no faster there)
+        self.jagged = attention == "jagged" or (attention == "auto" and self.device.type == "cuda")
+        self._encode: Callable[..., Tensor] = self.model.encode
+        if compile:
+            self._encode = torch.compile(self.model.encode, dynamic=True)
 
     @property
     def default_max_tokens(self) -> int:
@@ -159,9 +182,19 @@ class InferenceEngine:
     def precision(self) -> str:
         return self._precision
 
-    def _inputs(self, batch: Cells, depth: TargetDepth) -> CellBatch:
+    def host_batch(self, batch: Cells, depth: TargetDepth = None) -> CellBatch:
+        """The host side of a batch: model tensors (pinned when the device is a GPU)."""
         cells = prepare_inference(batch, target_T=target_T(depth, batch_S(batch)))
-        return cells.to(self.device, non_blocking=True)
+        return cells.pin_memory() if self.device.type == "cuda" else cells
+
+    def _inputs(self, batch: Cells, depth: TargetDepth) -> CellBatch:
+        return self.host_batch(batch, depth).to(self.device, non_blocking=True)
+
+    def _embed_on_device(self, cells: CellBatch, pool: Sequence[PoolPart]) -> Tensor:
+        ids, vals, pad = cells.encoder_inputs()
+        with inference_context(self.device, self._precision), evaluating(self.model):
+            h = self._encode(ids, vals, pad, jagged=self.jagged)  # (B, L, E)
+            return pool_states(h.float(), ids, pad, pool)
 
     def embed(
         self,
@@ -174,12 +207,47 @@ class InferenceEngine:
         ``batch``: raw counts (:class:`PackedCells`) or model-scale values
         (:class:`NormalizedCells`).
         """
-        cells = self._inputs(batch, depth)
-        ids, vals, pad = cells.encoder_inputs()
-        with inference_context(self.device, self._precision), evaluating(self.model):
-            h = self.model.encode(ids, vals, pad)  # (B, L, E)
-            out = pool_states(h.float(), ids, pad, pool)
-        return out.cpu().numpy()
+        return self._embed_on_device(self._inputs(batch, depth), pool).cpu().numpy()
+
+    def embed_stream(
+        self,
+        batches: Iterable[tuple[Any, Cells, TargetDepth]],
+        pool: Sequence[PoolPart] = POOL_PARTS,
+        prefetch: int = 2,
+    ) -> Iterator[tuple[Any, np.ndarray]]:
+        """``(key, embeddings)`` for each ``(key, cells, depth)``, pipelined (module docstring).
+
+        Host preparation runs up to ``prefetch`` batches ahead in a background thread.
+        """
+        host = background(
+            ((key, self.host_batch(cells, depth)) for key, cells, depth in batches),
+            prefetch,
+            "scfm-inference-host",
+        )
+        pending: tuple[Any, Callable[[], np.ndarray]] | None = None
+        for key, cells in host:
+            out = self._embed_on_device(cells.to(self.device, non_blocking=True), pool)
+            fetch = self._fetch_later(out)
+            if pending is not None:
+                yield pending[0], pending[1]()
+            pending = (key, fetch)
+        if pending is not None:
+            yield pending[0], pending[1]()
+
+    def _fetch_later(self, out: Tensor) -> Callable[[], np.ndarray]:
+        """Start copying a device result to the host; the returned call waits for that copy only."""
+        if self.device.type != "cuda":
+            return out.numpy
+        host = torch.empty(out.shape, dtype=out.dtype, pin_memory=True)
+        host.copy_(out, non_blocking=True)
+        done = torch.cuda.Event()
+        done.record()
+
+        def wait() -> np.ndarray:
+            done.synchronize()
+            return host.numpy()
+
+        return wait
 
     def predict(
         self,

@@ -82,6 +82,11 @@ class CellBatch:
             moved[f.name] = None if t is None else t.to(device, non_blocking=non_blocking)
         return replace(self, **moved)
 
+    def pin_memory(self) -> CellBatch:
+        """A copy in page-locked host memory (asynchronous copies to a GPU)."""
+        tensors = {f.name: getattr(self, f.name) for f in fields(self)}
+        return replace(self, **{k: t if t is None else t.pin_memory() for k, t in tensors.items()})
+
 
 # ------------------------------------------------------------------------------------- inputs
 def _read_cells(cells: PackedCells) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:

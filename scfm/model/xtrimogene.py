@@ -57,10 +57,18 @@ class XTrimoGene(nn.Module):
         self.to_final = nn.Linear(cfg.dec_dim, 1)
 
     # ----------------------------------------------------------------------------------- encoder
-    def encode(self, gene_ids: Tensor, values: Tensor, padding_mask: Tensor) -> Tensor:
-        """Encoder states ``(B, L, E)`` of the packed tokens (padded rows are meaningless)."""
+    def encode(
+        self, gene_ids: Tensor, values: Tensor, padding_mask: Tensor, *, jagged: bool = False
+    ) -> Tensor:
+        """Encoder states ``(B, L, E)`` of the packed tokens (padded rows are meaningless).
+
+        ``jagged=True`` (inference) skips the padding inside the encoder
+        (:meth:`~scfm.model.encoder.Encoder.forward_jagged`); same result within fp tolerance.
+        """
         gene_ids = gene_ids.masked_fill(padding_mask, PAD_POS)
         x = self.token_emb(values, pad=padding_mask) + self.pos_emb(gene_ids)  # (B, L, E)
+        if jagged:
+            return self.encoder.forward_jagged(x, padding_mask)
         return self.encoder(x, padding_mask)  # (B, L, E)
 
     # ----------------------------------------------------------------------------------- decoder

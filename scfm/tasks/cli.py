@@ -345,3 +345,8 @@ from scfm.tasks.scad_cli import (  # noqa: E402
 evaluate_app.command("scad")(evaluate_scad_command)
 finetune_app.command("scad")(finetune_scad_command)
 predict_app.command("scad")(predict_scad_command)
+
+# Zero-shot embedding evaluation (scIB metrics against PCA / scVI baselines)
+from scfm.tasks.embedding_cli import evaluate_embedding_command  # noqa: E402
+
+evaluate_app.command("embedding")(evaluate_embedding_command)

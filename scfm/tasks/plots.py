@@ -125,3 +125,111 @@ def enrichment_heatmap(enrichment: pd.DataFrame, *, top: int = 25, fdr: float = 
             if mat.iat[i, j] > thr:
                 ax.text(j, i, "*", ha="center", va="center", fontsize=8, color="white")
     return fig
+
+
+def scib_results_figure(
+    table: pd.DataFrame,
+    columns: Sequence[str],
+    names: Mapping[str, str],
+    *,
+    title: str = "",
+    aggregates: Sequence[str] = ("bio_conservation", "batch_correction", "total"),
+):
+    """scIB-style results table: one row per representation (best ``total`` first), a coloured
+    disc per metric (colour ranks the representations within the column; the value is written
+    in it) and bars for the aggregate scores, grouped under bio conservation / batch correction /
+    aggregate score headers."""
+    plt = _plt()
+    from scfm.tasks.scib import BATCH_METRICS, BIO_METRICS
+
+    t = table.sort_values("total", ascending=False, kind="stable").reset_index(drop=True)
+    cols = list(columns)
+    n_rows, name_w = len(t), 3.2
+    fig_w = name_w + 1.0 * len(cols) + 0.4
+    fig, ax = plt.subplots(figsize=(fig_w, 1.5 + 0.42 * n_rows), layout="constrained")
+    ax.set_xlim(0, name_w + len(cols))
+    ax.set_ylim(n_rows - 0.5, -2.2)
+    ax.axis("off")
+    cmap, bar_cmap = plt.get_cmap("PRGn"), plt.get_cmap("YlGnBu")
+    for i, r in t.iterrows():
+        ax.text(0.05, i, f"{r['representation']}", va="center", ha="left", fontsize=8,
+                weight="bold" if i == 0 else "normal")  # fmt: skip
+        ax.text(name_w - 0.1, i, r["kind"], va="center", ha="right", fontsize=7, color="0.4")
+        if i:
+            ax.axhline(i - 0.5, color="0.85", lw=0.6, ls=(0, (1, 4)))
+    groups: dict[str, list[int]] = {}
+    for j, c in enumerate(cols):
+        x = name_w + j + 0.5
+        group = (
+            "Aggregate score" if c in aggregates
+            else "Bio conservation" if c in BIO_METRICS
+            else "Batch correction" if c in BATCH_METRICS else ""
+        )  # fmt: skip
+        groups.setdefault(group, []).append(j)
+        ax.text(x, -0.85, names.get(c, c).replace(" ", "\n", 1), ha="center", va="center",
+                fontsize=7)  # fmt: skip
+        vals = t[c].to_numpy(dtype=float)
+        finite = np.isfinite(vals)
+        lo, hi = (vals[finite].min(), vals[finite].max()) if finite.any() else (0.0, 1.0)
+        for i, v in enumerate(vals):
+            if not np.isfinite(v):
+                ax.text(x, i, "–", ha="center", va="center", fontsize=8, color="0.5")
+            elif c in aggregates:
+                ax.barh(i, 0.9 * max(v, 0.0), left=x - 0.45, height=0.6,
+                        color=bar_cmap(0.25 + 0.75 * max(min(v, 1.0), 0.0)))  # fmt: skip
+                ax.text(x - 0.4, i, f"{v:.2f}", ha="left", va="center", fontsize=7)
+            else:
+                rank = 0.5 if hi - lo < 1e-12 else (v - lo) / (hi - lo)
+                colour = cmap(0.15 + 0.7 * rank)
+                ax.scatter([x], [i], s=330, color=colour, edgecolors="none")
+                ax.text(x, i, f"{v:.2f}", ha="center", va="center", fontsize=6.5,
+                        color="white" if abs(rank - 0.5) > 0.35 else "black")  # fmt: skip
+    for group, js in groups.items():
+        x0, x1 = name_w + min(js) + 0.05, name_w + max(js) + 0.95
+        ax.plot([x0, x1], [-1.45, -1.45], color="0.3", lw=0.8)
+        ax.text((x0 + x1) / 2, -1.75, group, ha="center", va="center", fontsize=8, weight="bold")
+        if group == "Aggregate score":
+            ax.axvline(x0 - 0.05, color="0.3", lw=0.8)
+    if title:
+        ax.set_title(title, fontsize=9, loc="left")
+    return fig
+
+
+def umap_grid(
+    coords: Mapping[str, np.ndarray],
+    colours: Mapping[str, np.ndarray],
+    *,
+    title: str = "",
+    panel: float = 3.0,
+):
+    """UMAPs side by side: one column per representation, one row per colouring (e.g. label,
+    batch); every panel of a row uses the same colour per category, legend on the right."""
+    plt = _plt()
+    reps, rows = list(coords), list(colours)
+    fig, axes = plt.subplots(
+        len(rows), len(reps), figsize=(panel * len(reps) + 2.2, panel * len(rows) + 0.4),
+        squeeze=False, layout="constrained",
+    )  # fmt: skip
+    for r, key in enumerate(rows):
+        values = np.asarray(colours[key]).astype(str)
+        cats, counts = np.unique(values, return_counts=True)
+        cats = cats[np.argsort(-counts, kind="stable")]
+        cmap = plt.get_cmap("tab20" if len(cats) > 10 else "tab10")
+        size = float(np.clip(12000 / max(values.size, 1), 1.0, 10.0))
+        for c, rep in enumerate(reps):
+            ax, xy = axes[r, c], np.asarray(coords[rep])
+            for k, cat in enumerate(cats):
+                sel = values == cat
+                ax.scatter(xy[sel, 0], xy[sel, 1], s=size, color=cmap(k % cmap.N), linewidths=0,
+                           alpha=0.8, label=f"{cat} ({sel.sum():,})", rasterized=True)  # fmt: skip
+            ax.set_xticks([])
+            ax.set_yticks([])
+            if r == 0:
+                ax.set_title(rep, fontsize=8)
+            if c == 0:
+                ax.set_ylabel(key, fontsize=9)
+        axes[r, -1].legend(title=key, fontsize=6, title_fontsize=7, markerscale=2.5, frameon=False,
+                           bbox_to_anchor=(1.02, 1), loc="upper left")  # fmt: skip
+    if title:
+        fig.suptitle(title, fontsize=10)
+    return fig

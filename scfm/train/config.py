@@ -54,6 +54,20 @@ class DataArgs:
     max_train_cells: int | None = option(None, "Cap on training cells (smoke tests, scaling).")
     val_cells: int = option(256, "Validation cells evaluated at each validation.")
     shuffle_seed: int = option(0, "Seed of the data order.")
+    buffer_cells: int = option(
+        65_536,
+        "Shuffle window per worker: each batch is drawn from this many cells' row groups "
+        "(~12 kB of memory per cell); larger mixes more data sets per batch.",
+    )
+    reader_threads: int = option(2, "Threads per worker decoding row groups ahead of need.")
+    cache: bool = option(
+        True,
+        "Keep decoded row groups in a node-local training cache (LZ4 Arrow IPC), so epochs "
+        "after the first skip parquet decoding (~6 µs instead of ~30 µs per cell).",
+    )
+    cache_dir: str = option(
+        "", "Training cache directory ('' = $SCFM_CACHE_DIR/corpus, else ~/.cache/scfm/corpus)."
+    )
     rda: RDAConfig = field(default_factory=RDAConfig)
 
 

@@ -57,7 +57,7 @@ def latest_checkpoint(run_dir: str | Path) -> Path:
 
 def build_trainer(
     cfg: PretrainConfig,
-    datasets: dict,
+    corpus_version: int,
     *,
     mlflow_run: dict | None = None,
     resume_from: str | None = None,
@@ -70,7 +70,6 @@ def build_trainer(
     ``train_loop`` is the per-worker function (default :func:`train_loop_per_worker`; recovery
     drills pass a wrapper that fails on purpose).
     """
-    import ray.train
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
 
@@ -80,6 +79,7 @@ def build_trainer(
         train_loop,
         train_loop_config={
             "cfg": cfg.to_dict(),
+            "corpus_version": corpus_version,  # pinned: a refresh mid-run changes nothing
             "resume_from": resume_from,
             "mlflow": mlflow_run,
             "metadata": metadata or {},
@@ -95,22 +95,7 @@ def build_trainer(
             failure_config=FailureConfig(max_failures=max_failures),
             checkpoint_config=CheckpointConfig(num_to_keep=cfg.train.keep_checkpoints),
         ),
-        datasets=datasets,
-        dataset_config=ray.train.DataConfig(datasets_to_split=["train", "val"]),
     )
-
-
-def check_cpu_budget(cfg: PretrainConfig, cluster_cpus: float) -> None:
-    """Refuse worker CPU requests that leave no CPU for Ray Data (training would wait forever)."""
-    need = cfg.scale.num_workers * cfg.scale.cpus_per_worker
-    if cluster_cpus and need > cluster_cpus - 1:
-        fits = (cluster_cpus - 1) / cfg.scale.num_workers
-        raise ValueError(
-            f"{cfg.scale.num_workers} workers × {cfg.scale.cpus_per_worker:g} CPUs = {need:g} of "
-            f"the cluster's {cluster_cpus:g} CPUs leaves no CPU for Ray Data to read the corpus, "
-            f"so training would never get a batch; set scale.cpus_per_worker={fits:.2g} "
-            "(fractions are fine) or use fewer workers"
-        )
 
 
 def _storage(path: str) -> str:
@@ -140,17 +125,14 @@ def run_pretraining(
         Extra MLflow run tags (e.g. ``mlflow.parentRunId`` to nest the run under a sweep).
     """
     import mlflow
-    import ray
 
     from scfm.corpus.loader import open_corpus
     from scfm.tracking import flatten, register_artifact, start_run, tracking_uri
-    from scfm.train.corpus_data import corpus_splits
 
     cfg = cfg.with_run_name()
     if not cfg.data.corpus:
         raise ValueError("no corpus: set data.corpus (a directory built by `scfm corpus build`)")
     ensure_ray()
-    check_cpu_budget(cfg, ray.cluster_resources().get("CPU", 0))
     resume_from = None
     if resume:
         p = Path(resume)
@@ -177,12 +159,9 @@ def run_pretraining(
         mlflow.log_params(flatten({"cfg": cfg.to_dict()}) | info)
         mlflow.log_params({f"model.{k}": v for k, v in model_cfg.to_dict().items()})
         mlflow.log_text(cfg.to_yaml(), "config/pretrain.yaml")
-        splits = corpus_splits(
-            corpus, max_train_cells=cfg.data.max_train_cells, val_cells=cfg.data.val_cells
-        )
         trainer = build_trainer(
             cfg,
-            splits,
+            corpus.version,
             mlflow_run={"tracking_uri": uri, "run_id": run.info.run_id},
             resume_from=resume_from,
             max_failures=max_failures,

@@ -1,24 +1,24 @@
 """Ray Train adapter: each worker runs :func:`scfm.train.loop.fit` over its share of the corpus.
 
-Data streams from the corpus parquet through Ray Data (``datasets={"train", "val"}``, one shard
-per worker). The adapter restores Ray's checkpoint (or ``--resume``), wraps the model for
-DDP/FSDP, and turns :func:`fit`'s reports into ``ray.train.report`` calls, checkpoint folders
-(model folder + ``train_state.pt``, written by rank 0) and MLflow metrics (rank 0).
+Each worker reads its own share of the pinned corpus version directly
+(:class:`scfm.corpus.shuffled.ShuffledBatches`: corpus-wide shuffle, node-local training cache,
+reader threads; no Ray Data in the training path). The adapter restores Ray's checkpoint (or
+``--resume``), wraps the model for DDP/FSDP, and turns :func:`fit`'s reports into
+``ray.train.report`` calls, checkpoint folders (model folder + ``train_state.pt``, written by
+rank 0) and MLflow metrics (rank 0).
 """
 
 from __future__ import annotations
 
-import itertools
 import logging
 import tempfile
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from scfm.data.packed import PackedCells
 from scfm.model.checkpoint import read_checkpoint, save_checkpoint
 from scfm.model.xtrimogene import XTrimoGene
 from scfm.train.config import PretrainConfig
@@ -29,23 +29,6 @@ logger = logging.getLogger(__name__)
 TRAIN_STATE_FILE = "train_state.pt"
 # test hooks see every report: (metrics, step, restored, rank, world); a recovery drill raises
 ReportHook = Callable[[dict[str, float], int, bool, int, int], None]
-
-
-class ShardBatches:
-    """A worker's Ray Data shard as :class:`scfm.train.loop.Batches` (seeded local shuffle)."""
-
-    def __init__(self, shard: Any, micro_batch_size: int, seed: int) -> None:
-        self.shard, self.size, self.seed = shard, micro_batch_size, seed
-
-    def epoch(self, epoch: int, skip: int = 0) -> Iterator[PackedCells]:
-        tables = self.shard.iter_batches(
-            batch_size=self.size,
-            batch_format="pyarrow",
-            drop_last=True,
-            local_shuffle_buffer_size=8 * self.size,
-            local_shuffle_seed=self.seed + epoch,
-        )
-        return itertools.islice((PackedCells.from_arrow(t) for t in tables), skip, None)
 
 
 def train_loop_per_worker(config: dict[str, Any], report_hook: ReportHook | None = None) -> None:
@@ -88,26 +71,39 @@ def train_loop_per_worker(config: dict[str, Any], report_hook: ReportHook | None
                 checkpoint = ray.train.Checkpoint.from_directory(d)
             ray.train.report(metrics, checkpoint=checkpoint)
 
-    val_shard = ray.train.get_dataset_shard("val")
+    data = worker_batches(cfg, config.get("corpus_version"), rank, world)
     fit(
         model,
-        ShardBatches(
-            ray.train.get_dataset_shard("train"), cfg.data.micro_batch_size, cfg.data.shuffle_seed
-        ),  # fmt: skip
+        data,
         cfg,
         device=device,
-        val=lambda: (
-            PackedCells.from_arrow(t)
-            for t in val_shard.iter_batches(
-                batch_size=cfg.data.micro_batch_size, batch_format="pyarrow"
-            )
-        ),
+        val=lambda: data.val_batches(cfg.data.val_cells),
         state=state,
         report=report,
         rank=rank,
         world=world,
     )
     tracker.close()
+
+
+def worker_batches(cfg: PretrainConfig, version: int | None, rank: int, world: int):
+    """This worker's :class:`~scfm.corpus.shuffled.ShuffledBatches` of the pinned version."""
+    from scfm.corpus.loader import open_corpus
+    from scfm.corpus.shuffled import ShuffledBatches
+
+    d = cfg.data
+    return ShuffledBatches(
+        open_corpus(d.corpus, version),
+        d.micro_batch_size,
+        seed=d.shuffle_seed,
+        rank=rank,
+        world=world,
+        buffer_cells=d.buffer_cells,
+        max_train_cells=d.max_train_cells,
+        reader_threads=d.reader_threads,
+        cache=d.cache,
+        cache_dir=d.cache_dir or None,
+    )
 
 
 def _write_checkpoint(

@@ -113,16 +113,6 @@ def test_validation_sums_combine_across_shards(kang_vocab_counts):
     assert math.isfinite(combined["val_loss"]) and a["loss_n"] > 0 and b["loss_n"] > 0
 
 
-def test_cpu_budget_leaves_a_cpu_for_ray_data():
-    from scfm.train.pretrain import check_cpu_budget
-
-    two = PretrainConfig.load(overrides=["scale.num_workers=2", "scale.cpus_per_worker=1"])
-    with pytest.raises(ValueError, match=r"leaves no CPU for Ray Data.*cpus_per_worker=0.5"):
-        check_cpu_budget(two, 2.0)
-    check_cpu_budget(two, 3.0)  # one left over
-    check_cpu_budget(two, 0.0)  # unknown (e.g. an autoscaling cluster with no workers yet)
-
-
 def test_projections_are_redrawn_every_n_training_forwards() -> None:
     from scfm.train.loop import redraw_projections_if_due
 
