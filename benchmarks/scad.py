@@ -13,7 +13,7 @@ embeddings (pool S, T, max, mean) of each ``--model`` plus its random-init contr
 the tiny random-init model — no pretrained weights exist on a CPU box) and on raw expression;
 logistic regression on raw expression.
 
-    python benchmarks/scad.py                              # 4 drugs × 5 seeds, ~10 min on 2 CPUs
+    python benchmarks/scad.py                              # 4 drugs × 5 seeds, 10–16 min, 2 CPUs
     python benchmarks/scad.py --drug PLX4720 --seeds 10
     python benchmarks/scad.py --model checkpoints/scfm-10m # a trained model + its control
 

@@ -13,7 +13,7 @@
 **Label rules.** ``threshold`` (default): a line is *sensitive* when its ln IC50 is below the
 drug's threshold in the ``gdsc_ic50_thresholds`` resource — the per-drug ln IC50 cut-offs DeepCDR
 ships for its binary task, from the GDSC1000 binarization (Iorio et al. 2016), the source of
-SCAD's own sensitive / resistant calls. They mark the sensitive tail (7–9 % of lines for the
+SCAD's own sensitive / resistant calls. They mark the sensitive tail (6–8 % of lines for the
 paper's four drugs), so the classes are imbalanced; the shared data has no max-concentration
 column, so the "IC50 above the highest screened concentration" rule is not available.
 ``zscore``: sensitive when ``(ln IC50 − mean) / SD`` over the drug's lines is below ``-z_cut``
