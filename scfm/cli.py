@@ -14,7 +14,7 @@ from rich.console import Console
 from scfm import __version__
 from scfm.corpus.cli import corpus_app
 from scfm.inference.cli import embed_command
-from scfm.tasks.cli import evaluate_app, finetune_app
+from scfm.tasks.cli import evaluate_app, finetune_app, predict_app
 from scfm.train.cli import pretrain_command
 
 app = typer.Typer(
@@ -32,6 +32,7 @@ app.add_typer(corpus_app, name="corpus")
 app.add_typer(data_app, name="data")
 app.add_typer(finetune_app, name="finetune")
 app.add_typer(evaluate_app, name="evaluate")
+app.add_typer(predict_app, name="predict")
 app.command("embed")(embed_command)
 app.command("pretrain")(pretrain_command)
 

@@ -256,6 +256,12 @@ _RESOURCES: tuple[Resource, ...] = (
         "DeepCDR cell lines: DepMap id, name, TCGA cancer type (561 lines)",
     ),
     Resource(
+        "gdsc_ic50_thresholds",
+        "drug/deepcdr/IC50_thred.txt",
+        "521f28602224ca0f182defd4ea76e00a93aabc9b14881ddc83ca6b252506ddd4",
+        "per-drug ln(IC50) thresholds for sensitive / resistant calls (265 drugs; DeepCDR)",
+    ),
+    Resource(
         "official_state_dict",
         "scfoundation/official_state_dict.tsv",
         "73a28fab417b36fb2ef772f4ba800b8488231d2b75d546b949f8963b61b4006e",

@@ -141,6 +141,23 @@ def is_better(value: float, best: float, mode: str) -> bool:
     return value > best if mode == "max" else value < best
 
 
+OPTIMIZERS = ("adamw", "adam", "adagrad")
+
+
+def make_optimizer(params, cfg: Mapping[str, Any]) -> torch.optim.Optimizer:
+    """``cfg["optimizer"]`` (default AdamW; Adagrad is the original SCAD's) with ``lr`` and
+    ``weight_decay``."""
+    name = str(cfg.get("optimizer", "adamw"))
+    lr, wd = float(cfg["lr"]), float(cfg["weight_decay"])
+    if name == "adamw":
+        return torch.optim.AdamW(params, lr=lr, weight_decay=wd)
+    if name == "adam":
+        return torch.optim.Adam(params, lr=lr, weight_decay=wd)
+    if name == "adagrad":
+        return torch.optim.Adagrad(params, lr=lr, weight_decay=wd)
+    raise ValueError(f"optimizer must be one of {', '.join(OPTIMIZERS)}, got {name!r}")
+
+
 def fit_head(
     head: Head,
     data: DataModule,
@@ -150,7 +167,8 @@ def fit_head(
     report: Report | None = None,
     progress: bool = False,
 ) -> FitResult:
-    """Train a head with AdamW; early stopping on ``head.metric``; best epoch's weights kept.
+    """Train a head (AdamW unless the config names another ``optimizer``); early stopping on
+    ``head.metric``; best epoch's weights kept.
 
     Parameters
     ----------
@@ -174,7 +192,7 @@ def fit_head(
     spec = data.spec()
     model = head.build(cfg, spec, data).to(dev)
     params = [p for p in model.parameters() if p.requires_grad]
-    opt = torch.optim.AdamW(params, lr=float(cfg["lr"]), weight_decay=float(cfg["weight_decay"]))
+    opt = make_optimizer(params, cfg)
     best = {head.metric: math.nan}
     best_state: dict[str, Tensor] | None = None
     best_epoch, stale = 0, 0

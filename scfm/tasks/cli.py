@@ -1,4 +1,5 @@
-"""``scfm finetune …`` and ``scfm evaluate …`` commands (registered in ``scfm.cli``).
+"""``scfm finetune …``, ``scfm evaluate …`` and ``scfm predict …`` commands (registered in
+``scfm.cli``).
 
 Heavy imports (torch, Ray, scikit-learn) happen inside the commands, so ``scfm --help`` stays fast.
 """
@@ -19,6 +20,10 @@ finetune_app = typer.Typer(
 )
 evaluate_app = typer.Typer(
     help="Evaluate scfm against baselines on labelled data (MLflow experiment 'evaluate').",
+    no_args_is_help=True,
+)
+predict_app = typer.Typer(
+    help="Apply a trained downstream head to your own data (writes into a copy of the AnnData).",
     no_args_is_help=True,
 )
 console = Console(width=None if sys.stdout.isatty() else 120)
@@ -329,6 +334,17 @@ from scfm.tasks.deepcdr_cli import evaluate_deepcdr_command, finetune_deepcdr_co
 
 evaluate_app.command("deepcdr")(evaluate_deepcdr_command)
 finetune_app.command("deepcdr")(finetune_deepcdr_command)
+
+# Single-cell drug response (SCAD)
+from scfm.tasks.scad_cli import (  # noqa: E402
+    evaluate_scad_command,
+    finetune_scad_command,
+    predict_scad_command,
+)
+
+evaluate_app.command("scad")(evaluate_scad_command)
+finetune_app.command("scad")(finetune_scad_command)
+predict_app.command("scad")(predict_scad_command)
 
 # Zero-shot embedding evaluation (scIB metrics against PCA / scVI baselines)
 from scfm.tasks.embedding_cli import evaluate_embedding_command  # noqa: E402

@@ -27,7 +27,6 @@ computed once per cell line.
 from __future__ import annotations
 
 import logging
-import time
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -42,8 +41,8 @@ from scfm.tasks.drug_data import (
     DEFAULT_ZSCORE_SCALE,
     DrugResponseData,
     PairSplit,
+    embed_expression,
     feature_matrix,
-    model_input,
 )
 from scfm.tasks.drug_graph import N_ATOM_FEATURES, DrugGraphs, PackedGraphs
 from scfm.tasks.regression import regression_metrics
@@ -412,19 +411,12 @@ def scfm_features(
 
     ``backbone`` is a :class:`~scfm.tasks.models.Backbone` or an XTrimoGene.
     """
-    from scfm.inference import embed
-
-    model = getattr(backbone, "model", backbone)
-    adata = model_input(data.expression, zscore_scale=zscore_scale)
-    start = time.perf_counter()
-    emb = embed(
-        adata,
-        model,
-        pre_normalized="bulk",
-        pool=tuple(pool),
+    return embed_expression(
+        data.expression,
+        backbone,
+        pool=pool,
+        zscore_scale=zscore_scale,
         batch_size=batch_size,
         device=device,
         progress=progress,
-        key_added="X_scfm",
     )
-    return emb, time.perf_counter() - start

@@ -30,6 +30,7 @@ import logging
 import re
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
+from functools import cache
 from pathlib import Path
 from typing import Any, Literal
 
@@ -83,7 +84,8 @@ RESPONSE_TABLES: dict[str, ResponseTable] = {
 }
 
 
-def _read_table(path: str | Path) -> pd.DataFrame:
+def read_table(path: str | Path) -> pd.DataFrame:
+    """A ``.parquet``, ``.tsv`` / ``.txt`` (tab-separated) or ``.csv`` table."""
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f"{path} does not exist")
@@ -108,7 +110,7 @@ def read_response(
     DrugDataError
         A required column is missing, or ``ic50_um`` values are not positive.
     """
-    df = table if isinstance(table, pd.DataFrame) else _read_table(table)
+    df = table if isinstance(table, pd.DataFrame) else read_table(table)
     missing = [c for c in (cell_col, drug_col, value_col) if c not in df.columns]
     if missing:
         raise DrugDataError(
@@ -135,6 +137,38 @@ def read_response(
     out["cell_key"] = out["cell_name"].map(normalize_name)
     out["drug_key"] = out["drug_name"].map(normalize_name)
     return out, int((~ok).sum())
+
+
+def read_named_response(
+    dataset: str = "GDSC2",
+    response: pd.DataFrame | str | Path | None = None,
+    *,
+    cell_col: str | None = None,
+    drug_col: str | None = None,
+    value_col: str | None = None,
+    value: Literal["ln_ic50", "ic50_um"] | None = None,
+) -> tuple[pd.DataFrame, int]:
+    """:func:`read_response` of a named table (``GDSC2``, ``GDSC1``, ``CCLE``) or of ``response``
+    (columns default to ``cell_line``, ``drug``, ``ln_ic50``)."""
+    if response is None:
+        if dataset not in RESPONSE_TABLES:
+            raise DrugDataError(
+                f"unknown drug-response data set {dataset!r}: choose one of "
+                f"{', '.join(RESPONSE_TABLES)} or pass a response table"
+            )
+        from scfm import datasets
+
+        spec = RESPONSE_TABLES[dataset]
+        response = datasets.fetch(spec.resource)
+        cell_col, drug_col = cell_col or spec.cell_col, drug_col or spec.drug_col
+        value_col, value = value_col or spec.value_col, value or spec.value
+    return read_response(
+        response,
+        cell_col=cell_col or "cell_line",
+        drug_col=drug_col or "drug",
+        value_col=value_col or "ln_ic50",
+        value=value or "ln_ic50",
+    )
 
 
 # ------------------------------------------------------------------------------ expression
@@ -182,10 +216,7 @@ def expression_from(
     """
     source = "gdsc_expression"
     if data is None:
-        from scfm import datasets
-
-        path = datasets.fetch("gdsc_expression")
-        df = pd.read_parquet(path)
+        df = _shared_expression().copy()  # cached read; callers get their own copy
     elif isinstance(data, pd.DataFrame):
         df, source = data, "DataFrame"
     elif isinstance(data, str | Path):
@@ -195,7 +226,7 @@ def expression_from(
 
             df = _anndata_frame(ad.read_h5ad(data))
         else:
-            df = _read_table(data)
+            df = read_table(data)
             if df.columns[0] in ("cell_line", "Unnamed: 0", "") or df.iloc[:, 0].dtype == object:
                 df = df.set_index(df.columns[0])
     elif hasattr(data, "obs_names") and hasattr(data, "var_names"):
@@ -220,6 +251,14 @@ def expression_from(
         n_mapped,
     )
     return CellLineExpression(values, resolved, source, n_mapped)
+
+
+@cache
+def _shared_expression() -> pd.DataFrame:
+    """The shared GDSC matrix, read once per process."""
+    from scfm import datasets
+
+    return pd.read_parquet(datasets.fetch("gdsc_expression"))
 
 
 def _anndata_frame(adata) -> pd.DataFrame:
@@ -284,6 +323,23 @@ def _check_genes(genes: pd.Index) -> int:
     return n
 
 
+def top_variance_genes(expr: CellLineExpression, max_genes: int) -> CellLineExpression:
+    """The ``max_genes`` genes with the largest variance across the cell lines of ``expr``
+    (column order kept). Unsupervised: no response values are used."""
+    if max_genes < 1:
+        raise DrugDataError(f"max_genes must be at least 1, got {max_genes}")
+    if max_genes >= expr.values.shape[1]:
+        return expr
+    var = expr.values.var(axis=0).to_numpy()
+    keep = np.sort(np.argsort(-var, kind="stable")[:max_genes])
+    return CellLineExpression(
+        expr.values.iloc[:, keep],
+        expr.kind,
+        expr.source,
+        _check_genes(expr.values.columns[keep]),
+    )
+
+
 def log_normalized(values: np.ndarray) -> np.ndarray:
     """``log1p(x / row total · median row total)``: scfm's bulk normalization, for baselines."""
     totals = values.sum(axis=1, keepdims=True)
@@ -314,6 +370,41 @@ def model_input(expr: CellLineExpression, *, zscore_scale: float = DEFAULT_ZSCOR
     adata.obs_names = expr.values.index.astype(str)
     adata.var_names = expr.values.columns.astype(str)
     return adata
+
+
+def embed_expression(
+    expr: CellLineExpression,
+    backbone,
+    *,
+    pool: Sequence[str] = ("S", "T", "max", "mean"),
+    zscore_scale: float = DEFAULT_ZSCORE_SCALE,
+    batch_size: int = 16,
+    device: str = "auto",
+    progress: bool = False,
+) -> tuple[np.ndarray, float]:
+    """Frozen scfm embeddings of every cell line of ``expr`` (``pre_normalized="bulk"``, the
+    :func:`model_input` transform), rows in ``expr`` order, and the seconds it took.
+
+    ``backbone`` is a :class:`~scfm.tasks.models.Backbone` or an XTrimoGene.
+    """
+    import time
+
+    from scfm.inference import embed
+
+    model = getattr(backbone, "model", backbone)
+    adata = model_input(expr, zscore_scale=zscore_scale)
+    start = time.perf_counter()
+    emb = embed(
+        adata,
+        model,
+        pre_normalized="bulk",
+        pool=tuple(pool),
+        batch_size=batch_size,
+        device=device,
+        progress=progress,
+        key_added="X_scfm",
+    )
+    return emb, time.perf_counter() - start
 
 
 # ------------------------------------------------------------------------------ tissue
@@ -457,7 +548,7 @@ def read_smiles(smiles: pd.DataFrame | dict[str, str] | str | Path | None = None
         smiles = datasets.fetch("drug_smiles")
     if isinstance(smiles, dict):
         return pd.Series(smiles, dtype=object)
-    df = smiles if isinstance(smiles, pd.DataFrame) else _read_table(smiles)
+    df = smiles if isinstance(smiles, pd.DataFrame) else read_table(smiles)
     for cols in (("drug_name", "smiles"), ("drug", "smiles"), ("name", "smiles")):
         if set(cols) <= set(df.columns):
             return pd.Series(df[cols[1]].to_numpy(), index=df[cols[0]].astype(str), dtype=object)
@@ -509,24 +600,13 @@ def load_drug_response(
     DrugDataError
         Missing columns, bad expression, or no row that joins (with examples of both sides).
     """
-    if response is None:
-        if dataset not in RESPONSE_TABLES:
-            raise DrugDataError(
-                f"unknown drug-response data set {dataset!r}: choose one of "
-                f"{', '.join(RESPONSE_TABLES)} or pass a response table"
-            )
-        from scfm import datasets
-
-        spec = RESPONSE_TABLES[dataset]
-        response = datasets.fetch(spec.resource)
-        cell_col, drug_col = cell_col or spec.cell_col, drug_col or spec.drug_col
-        value_col, value = value_col or spec.value_col, value or spec.value
-    rows, n_missing = read_response(
+    rows, n_missing = read_named_response(
+        dataset,
         response,
-        cell_col=cell_col or "cell_line",
-        drug_col=drug_col or "drug",
-        value_col=value_col or "ln_ic50",
-        value=value or "ln_ic50",
+        cell_col=cell_col,
+        drug_col=drug_col,
+        value_col=value_col,
+        value=value,
     )
     expr = expression if isinstance(expression, CellLineExpression) else None
     if expr is None:
@@ -589,16 +669,7 @@ def load_drug_response(
     )
     expr = expr.subset(cell_lines)
     if max_genes is not None and max_genes < expr.values.shape[1]:
-        if max_genes < 1:
-            raise DrugDataError(f"max_genes must be at least 1, got {max_genes}")
-        var = expr.values.var(axis=0).to_numpy()
-        keep = np.sort(np.argsort(-var, kind="stable")[:max_genes])
-        expr = CellLineExpression(
-            expr.values.iloc[:, keep],
-            expr.kind,
-            expr.source,
-            _check_genes(expr.values.columns[keep]),
-        )
+        expr = top_variance_genes(expr, max_genes)
         subsample["genes"] = int(max_genes)
     first_name = grouped.drop_duplicates("drug_key").set_index("drug_key")["drug_name"]
     graph_pos = {n: i for i, n in enumerate(graphs.names)}

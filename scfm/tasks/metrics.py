@@ -12,6 +12,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
+import pandas as pd
 
 
 @dataclass
@@ -115,3 +116,43 @@ def classification_metrics(
 def slug(text: str) -> str:
     """A metric-key-safe name: ``LR on PCA(50) of HVGs`` → ``lr_on_pca_50_of_hvgs``."""
     return re.sub(r"[^a-z0-9]+", "_", text.lower()).strip("_")
+
+
+# ------------------------------------------------------------------------------ binary scores
+def _binary_inputs(y_true, score) -> tuple[np.ndarray, np.ndarray]:
+    y = np.asarray(y_true, dtype=np.float64)
+    s = np.asarray(score, dtype=np.float64)
+    if y.shape != s.shape or y.ndim != 1:
+        raise ValueError(f"need two equally long 1-D arrays, got shapes {y.shape} and {s.shape}")
+    if not np.isin(y, (0.0, 1.0)).all():
+        raise ValueError("labels must be 0 (negative) or 1 (positive)")
+    return y, s
+
+
+def binary_auroc(y_true, score) -> float:
+    """Area under the ROC curve (Mann–Whitney U with average ranks for ties); NaN when only one
+    class is present."""
+    y, s = _binary_inputs(y_true, score)
+    n_pos = int(y.sum())
+    n_neg = y.size - n_pos
+    if n_pos == 0 or n_neg == 0:
+        return float("nan")
+    ranks = pd.Series(s).rank(method="average").to_numpy()
+    return float((ranks[y == 1].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))
+
+
+def average_precision(y_true, score) -> float:
+    """Area under the precision-recall curve as the step sum ``Σ (R_k - R_{k-1}) P_k`` over the
+    distinct score thresholds (scikit-learn's ``average_precision_score``); NaN without
+    positives."""
+    y, s = _binary_inputs(y_true, score)
+    n_pos = y.sum()
+    if n_pos == 0:
+        return float("nan")
+    order = np.argsort(-s, kind="mergesort")
+    y, s = y[order], s[order]
+    last = np.r_[np.flatnonzero(np.diff(s)), y.size - 1]  # last index of each distinct score
+    tp = np.cumsum(y)[last]
+    precision = tp / (last + 1)
+    recall = tp / n_pos
+    return float(np.sum(np.diff(np.r_[0.0, recall]) * precision))
