@@ -7,7 +7,8 @@
 2. **pretraining step** (forward + RDA masked MSE + backward + AdamW) at micro-batches
    ``--micro-batches`` (default 8, 16, 32), bf16 autocast: cells/s, peak memory, MFU (analytic
    FLOPs of :mod:`scfm.model.flops` over the device's bf16 peak), eager and with the Performer
-   decoder compiled (``train.compile_decoder``: its element-wise feature-map work fused); a
+   attention cores compiled (``train.compile_attention``: the feature map's element-wise work
+   fused); a
    size that runs out of memory is retried with decoder gradient checkpointing.
 3. **official**: where ``../shared/reference/scfoundation_official`` is importable, the official
    model of the same sizes (random weights) on the same cells: its batched encoder forward and
@@ -120,12 +121,12 @@ def bench_embed(args: argparse.Namespace, device: torch.device) -> list[dict]:
 
 # -------------------------------------------------------------------------------- pretraining
 def train_step_rate(
-    cfg: ModelConfig, mb: int, steps: int, device: torch.device, compile_decoder: bool
+    cfg: ModelConfig, mb: int, steps: int, device: torch.device, compile_attn: bool
 ) -> dict:
     torch.manual_seed(0)
     model = XTrimoGene(cfg).to(device).train()
-    if compile_decoder:
-        model.decoder.compile()
+    if compile_attn:
+        model.decoder.compile_attention()
     opt = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=device.type == "cuda")
     frac = 1000 / N_GENES
     batches = [
@@ -159,7 +160,7 @@ def bench_pretrain(args: argparse.Namespace, device: torch.device) -> list[dict]
         for mb in args.micro_batches:
             for ckpt in (False, True):
                 cfg = ModelConfig.from_name(args.preset, dropout=0.0, grad_checkpoint=ckpt)
-                row = {"micro_batch": mb, "decoder": "compiled" if compiled else "eager",
+                row = {"micro_batch": mb, "attention": "compiled" if compiled else "eager",
                        "grad_checkpoint": ckpt}  # fmt: skip
                 try:
                     row.update(train_step_rate(cfg, mb, args.steps, device, compiled))

@@ -124,3 +124,13 @@ class Decoder(nn.Module):
         for layer in self.layers:
             if isinstance(layer.attn.attend, FastAttention):
                 layer.attn.attend.redraw_projection_matrix(generator)
+
+    def compile_attention(self) -> None:
+        """``torch.compile`` each FAVOR+ attention core in place (parameter names unchanged).
+
+        Fuses the feature map's element-wise chain over ``(B, H, N, m)``: forward + backward of
+        the core 2.2× faster on CPU at the 100m sizes (``benchmarks/decoder_fusion.py``).
+        """
+        for layer in self.layers:
+            if isinstance(layer.attn.attend, FastAttention):
+                layer.attn.attend.compile()

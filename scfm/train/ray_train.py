@@ -50,6 +50,8 @@ def train_loop_per_worker(config: dict[str, Any], report_hook: ReportHook | None
         with ckpt.as_directory() as d:
             model.load_state_dict(read_checkpoint(d)["state_dict"])
             state = TrainState.from_dict(torch.load(Path(d) / TRAIN_STATE_FILE, weights_only=True))
+    if cfg.train.compile_attention:
+        model.decoder.compile_attention()
     model = ray.train.torch.prepare_model(model, parallel_strategy=cfg.scale.strategy)
     if cfg.train.compile:
         model = torch.compile(model)
