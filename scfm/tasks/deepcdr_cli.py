@@ -13,14 +13,21 @@ Heavy imports (torch, RDKit, Ray) happen inside the commands.
 from __future__ import annotations
 
 import logging
-import sys
 from pathlib import Path
 from typing import Annotated
 
 import typer
-from rich.console import Console
 
-console = Console(width=None if sys.stdout.isatty() else 120)
+from scfm.tasks.cli_common import (
+    CONTROL,
+    DEVICE,
+    LOG_EVALUATION,
+    MODELS,
+    USER_ERRORS,
+    console,
+    fail,
+)
+
 logger = logging.getLogger(__name__)
 
 # Options shared by both commands.
@@ -72,15 +79,7 @@ POOL = Annotated[
 ZSCORE_SCALE = Annotated[
     float, typer.Option(help="z-scores → pseudo-expression 2^(scale·z) for the scfm branch.")
 ]
-DEVICE = Annotated[str, typer.Option(help="auto (CUDA if available), cpu, cuda:1, …")]
 SEED = Annotated[int, typer.Option(help="Seed of subsets, splits and training.")]
-
-_USER_ERRORS: tuple[type[Exception], ...] = (ValueError, FileNotFoundError, KeyError)
-
-
-def _fail(exc: Exception) -> None:
-    console.print(f"[red]{type(exc).__name__}[/red]: {exc}", highlight=False, soft_wrap=True)
-    raise typer.Exit(code=1)
 
 
 def _data_config(
@@ -127,15 +126,8 @@ def evaluate_deepcdr_command(
             "repeatable, default all three.",
         ),
     ] = None,
-    model: Annotated[
-        list[str] | None,
-        typer.Option(
-            "--model",
-            help="scfm model: checkpoint folder, models:/name/version, or random:<preset> "
-            "(repeatable). A random-init control of the first model's size is always added.",
-        ),
-    ] = None,
-    control: Annotated[bool, typer.Option(help="Add the random-init control.")] = True,
+    model: MODELS = None,
+    control: CONTROL = True,
     baseline: Annotated[
         list[str] | None,
         typer.Option(
@@ -163,9 +155,7 @@ def evaluate_deepcdr_command(
     pool: POOL = None,
     zscore_scale: ZSCORE_SCALE = 2.0,
     out: Annotated[Path, typer.Option(help="Output directory.")] = Path("results/evaluate/deepcdr"),
-    mlflow: Annotated[
-        bool, typer.Option(help="Log a run to MLflow (experiment 'evaluate').")
-    ] = True,
+    mlflow: LOG_EVALUATION = True,
     device: DEVICE = "auto",
     seed: SEED = 0,
 ) -> None:
@@ -211,8 +201,8 @@ def evaluate_deepcdr_command(
     try:
         with console.status("evaluating scfm and baselines on drug response…"):
             result = evaluate_deepcdr(cfg)
-    except _USER_ERRORS as exc:
-        _fail(exc)
+    except USER_ERRORS as exc:
+        fail(exc)
     for line in result.data.report.lines():
         console.print(line, highlight=False)
     console.print(markdown_table(result.table), highlight=False, markup=False)
@@ -309,8 +299,8 @@ def finetune_deepcdr_command(
     )
     try:
         result = finetune_deepcdr(cfg)
-    except _USER_ERRORS as exc:
-        _fail(exc)
+    except USER_ERRORS as exc:
+        fail(exc)
     t = result.test
     console.print(
         f"[bold]best head[/bold] ({result.cell_input} + DeepCDR): {result.sweep.best_config}"

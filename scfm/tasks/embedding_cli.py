@@ -12,16 +12,14 @@ fast. The defaults repeat those of :class:`scfm.tasks.embedding_eval.EmbeddingEv
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 from typing import Annotated
 
 import typer
-from rich.console import Console
 
-console = Console(width=None if sys.stdout.isatty() else 160)
+from scfm.tasks.cli_common import LOG_EVALUATION, MODELS, USER_ERRORS, console
 
-_USER_ERRORS: tuple[type[Exception], ...] = (ValueError, FileNotFoundError, KeyError, ImportError)
+_ERRORS: tuple[type[Exception], ...] = (*USER_ERRORS, ImportError)  # scib-metrics missing
 
 
 def evaluate_embedding_command(
@@ -37,15 +35,7 @@ def evaluate_embedding_command(
             "bio-conservation metrics are computed and the total is the bio-conservation score.",
         ),
     ] = None,
-    model: Annotated[
-        list[str] | None,
-        typer.Option(
-            "--model",
-            help="scfm model: checkpoint folder, models:/name/version, official models.ckpt or "
-            "random:<preset> (repeatable). A random-init control of the first model's "
-            "architecture is always added.",
-        ),
-    ] = None,
+    model: MODELS = None,
     baseline: Annotated[
         list[str] | None,
         typer.Option(
@@ -73,9 +63,7 @@ def evaluate_embedding_command(
     out: Annotated[Path, typer.Option(help="Output directory.")] = Path(
         "results/evaluate/embedding"
     ),
-    mlflow: Annotated[
-        bool, typer.Option(help="Log a run to MLflow (experiment 'evaluate').")
-    ] = True,
+    mlflow: LOG_EVALUATION = True,
     device: Annotated[str, typer.Option(help="auto (CUDA if available), cpu, cuda:1, …")] = "auto",
     seed: Annotated[int, typer.Option(help="Seed of the subsample, PCA, scVI, Leiden.")] = 0,
 ) -> None:
@@ -104,7 +92,7 @@ def evaluate_embedding_command(
     try:
         with console.status("embedding, baselines and scIB metrics…"):
             result = run_embedding_evaluation(h5ad, cfg)
-    except _USER_ERRORS as exc:
+    except _ERRORS as exc:
         console.print(f"{type(exc).__name__}: {exc}", style="red", highlight=False, markup=False,
                       soft_wrap=True)  # fmt: skip
         raise typer.Exit(code=1) from None

@@ -10,14 +10,20 @@ Heavy imports (torch, Ray, scanpy) happen inside the commands.
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 from typing import Annotated
 
 import typer
-from rich.console import Console
 
-console = Console(width=None if sys.stdout.isatty() else 120)
+from scfm.tasks.cli_common import (
+    CONTROL,
+    DEVICE,
+    LOG_EVALUATION,
+    MODELS,
+    USER_ERRORS,
+    console,
+    fail,
+)
 
 H5AD = Annotated[
     str,
@@ -74,14 +80,6 @@ MAX_CELLS = Annotated[
     typer.Option(help="Train GEARS on at most this many cells per condition (default: all)."),
 ]
 EMBED_CELLS = Annotated[int, typer.Option(help="Control cells averaged per gene embedding.")]
-DEVICE = Annotated[str, typer.Option(help="auto (CUDA if available), cpu, cuda:1, …")]
-
-_USER_ERRORS: tuple[type[Exception], ...] = (ValueError, FileNotFoundError, KeyError)
-
-
-def _fail(exc: Exception) -> None:
-    console.print(f"[red]{type(exc).__name__}[/red]: {exc}", highlight=False, soft_wrap=True)
-    raise typer.Exit(code=1)
 
 
 def _data_config(h5ad, perturbation_key, control_label, layer, min_cells, drop_invalid):
@@ -118,16 +116,8 @@ def evaluate_gears_command(
     h5ad: H5AD = "papalexi2021",
     perturbation_key: PERT_KEY = None,
     control_label: CONTROL_LABEL = None,
-    model: Annotated[
-        list[str] | None,
-        typer.Option(
-            "--model",
-            help="scfm model for gene embeddings: checkpoint folder, models:/name/version or "
-            "random:<preset> (repeatable). A random-init control of the first model's size is "
-            "always added.",
-        ),
-    ] = None,
-    control: Annotated[bool, typer.Option(help="Add the random-init control model.")] = True,
+    model: MODELS = None,
+    control: CONTROL = True,
     learned: Annotated[
         bool, typer.Option(help="Also run GEARS with learned gene embeddings (the original).")
     ] = True,
@@ -155,9 +145,7 @@ def evaluate_gears_command(
     embed_cells: EMBED_CELLS = 200,
     dataset: Annotated[str | None, typer.Option(help="Name in tables.")] = None,
     out: Annotated[Path, typer.Option(help="Output directory.")] = Path("results/evaluate/gears"),
-    mlflow: Annotated[
-        bool, typer.Option(help="Log a run to MLflow (experiment 'evaluate').")
-    ] = True,
+    mlflow: LOG_EVALUATION = True,
     device: DEVICE = "auto",
 ) -> None:
     """Perturbation prediction: GEARS + scfm gene embeddings vs controls and baselines."""
@@ -182,8 +170,8 @@ def evaluate_gears_command(
     try:
         with console.status("evaluating GEARS variants and baselines…"):
             result = evaluate_gears(cfg)
-    except _USER_ERRORS as exc:
-        _fail(exc)
+    except USER_ERRORS as exc:
+        fail(exc)
     console.print(markdown_table(result.table), highlight=False, markup=False)
     best = result.table.sort_values("mse_de").iloc[0]
     console.print(f"lowest top-20 DE MSE: {best['method']} ({best['mse_de']:.4f})")
@@ -256,8 +244,8 @@ def finetune_gears_command(
     )
     try:
         result = finetune_gears(cfg)
-    except _USER_ERRORS as exc:
-        _fail(exc)
+    except USER_ERRORS as exc:
+        fail(exc)
     t = result.test
     console.print(f"[bold]best head[/bold] ({result.label}): {result.sweep.best_config}")
     console.print(

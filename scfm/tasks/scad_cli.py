@@ -16,16 +16,22 @@ Heavy imports (torch, Ray, scikit-learn) happen inside the commands.
 from __future__ import annotations
 
 import logging
-import sys
 from pathlib import Path
 from typing import Annotated
 
 import typer
-from rich.console import Console
 
+from scfm.tasks.cli_common import (
+    CONTROL,
+    DEVICE,
+    LOG_EVALUATION,
+    MODELS,
+    USER_ERRORS,
+    console,
+    fail,
+)
 from scfm.tasks.deepcdr_cli import (
     CELL_COL,
-    DEVICE,
     DRUG_COL,
     EXPRESSION,
     EXPRESSION_KIND,
@@ -35,7 +41,6 @@ from scfm.tasks.deepcdr_cli import (
     ZSCORE_SCALE,
 )
 
-console = Console(width=None if sys.stdout.isatty() else 120)
 logger = logging.getLogger(__name__)
 
 # Options shared by evaluate and finetune.
@@ -97,13 +102,6 @@ MIN_OVERLAP = Annotated[
     float, typer.Option(help="Shared genes / genes of the smaller set needed (source vs cells).")
 ]
 
-_USER_ERRORS: tuple[type[Exception], ...] = (ValueError, FileNotFoundError, KeyError)
-
-
-def _fail(exc: Exception) -> None:
-    console.print(f"[red]{type(exc).__name__}[/red]: {exc}", highlight=False, soft_wrap=True)
-    raise typer.Exit(code=1)
-
 
 def _source(opts: dict):
     """The source config from a command's options (``locals()``; option names = field names)."""
@@ -148,15 +146,8 @@ def evaluate_scad_command(
             "Etoposide.",
         ),
     ] = None,
-    model: Annotated[
-        list[str] | None,
-        typer.Option(
-            "--model",
-            help="scfm model: checkpoint folder, models:/name/version, or random:<preset> "
-            "(repeatable). A random-init control of the first model's size is always added.",
-        ),
-    ] = None,
-    control: Annotated[bool, typer.Option(help="Add the random-init control.")] = True,
+    model: MODELS = None,
+    control: CONTROL = True,
     method: Annotated[
         list[str] | None,
         typer.Option(
@@ -194,9 +185,7 @@ def evaluate_scad_command(
     min_gene_overlap: MIN_OVERLAP = 0.5,
     zscore_scale: ZSCORE_SCALE = 2.0,
     out: Annotated[Path, typer.Option(help="Output directory.")] = Path("results/evaluate/scad"),
-    mlflow: Annotated[
-        bool, typer.Option(help="Log a run to MLflow (experiment 'evaluate').")
-    ] = True,
+    mlflow: LOG_EVALUATION = True,
     device: DEVICE = "auto",
 ) -> None:
     """Single-cell drug response (SCAD): scfm-SCAD vs raw-expression SCAD vs classifiers without
@@ -222,8 +211,8 @@ def evaluate_scad_command(
     try:
         with console.status("evaluating SCAD…"):
             result = evaluate_scad(cfg)
-    except _USER_ERRORS as exc:
-        _fail(exc)
+    except USER_ERRORS as exc:
+        fail(exc)
     for line in result.sources.values():
         console.print(f"source {line}", highlight=False)
     console.print(f"target {result.target}", highlight=False)
@@ -313,8 +302,8 @@ def finetune_scad_command(
     )
     try:
         result = finetune_scad(cfg)
-    except _USER_ERRORS as exc:
-        _fail(exc)
+    except USER_ERRORS as exc:
+        fail(exc)
     console.print(f"[bold]best head[/bold] ({input} + SCAD): {result.sweep.best_config}")
     console.print(f"  source {result.source}", highlight=False)
     console.print(f"  target {result.target}", highlight=False)
@@ -378,8 +367,8 @@ def predict_scad_command(
                 group_key=group_key,
                 device=device,
             )
-    except _USER_ERRORS as exc:
-        _fail(exc)
+    except USER_ERRORS as exc:
+        fail(exc)
     target = out or h5ad.with_name(f"{h5ad.stem}.{key}.h5ad")
     adata.write_h5ad(target)
     console.print(
