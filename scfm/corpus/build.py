@@ -37,6 +37,9 @@ from scfm.data.validate import DEFAULT_MIN_MAPPED_FRACTION
 
 logger = logging.getLogger(__name__)
 
+EXIT_QUARANTINED = 1  # --strict and an input was quarantined
+EXIT_FAILED = 75  # EX_TEMPFAIL: a data set failed for infrastructure reasons; run again
+
 
 @dataclass
 class BuildConfig:
@@ -62,6 +65,11 @@ class BuildConfig:
         Reuse unchanged data sets of the newest manifest; process only new or changed ones.
     strict
         Exit code 1 when any input was quarantined.
+    retries, retry_backoff_s
+        Infrastructure failures of a block (timeouts, connection and object-store errors,
+        ``MemoryError``) are retried this many times, waiting ``retry_backoff_s`` · 2^k; a data
+        set whose block still fails is reported as failed for this run (exit code
+        :data:`EXIT_FAILED`) and tried again by the next build or refresh.
     resume
         Reuse finished blocks of an interrupted run (``_units/`` checkpoints).
     keep_versions
@@ -86,6 +94,8 @@ class BuildConfig:
     refresh: bool = False
     strict: bool = option(False, "Exit 1 if any input was quarantined.")
     resume: bool = option(True, "Reuse blocks finished by an interrupted run.")
+    retries: int = option(2, "Retries of a block after an infrastructure failure.")
+    retry_backoff_s: float = option(1.0, "First retry delay in seconds (doubles each retry).")
     keep_versions: int = option(2, "Manifests whose shards garbage collection keeps.")
     mlflow: bool = option(True, "Log the run to MLflow experiment 'corpus'.")
     run_name: str | None = option(None, "MLflow run name (default: kind and version).")
@@ -188,6 +198,8 @@ def _run_units(plan: BuildPlan, cfg: BuildConfig) -> list[UnitResult]:
         cfg.min_mapped_fraction,
         cfg.max_cells_per_shard,
         cfg.compression,
+        cfg.retries,
+        cfg.retry_backoff_s,
     )
     if cfg.executor == "local":
         return run_local(pending, plan.fingerprints, ctx)
@@ -203,30 +215,43 @@ def _run_units(plan: BuildPlan, cfg: BuildConfig) -> list[UnitResult]:
 
 def _assemble(
     plan: BuildPlan, results: list[UnitResult]
-) -> tuple[list[DatasetRecord], list[QuarantineRecord]]:
-    """Records of the processed data sets; a data set with any failed block is quarantined."""
+) -> tuple[list[DatasetRecord], list[QuarantineRecord], list[QuarantineRecord]]:
+    """Records, quarantined inputs and failed-this-run data sets of a build.
+
+    A data set with a block that failed on its data (``status="error"``) is quarantined; one
+    whose block failed for infrastructure reasons (``status="failed"``, retries exhausted) is
+    reported in ``failed`` and keeps the previous version's record if there is one.
+    """
     by_key = {r.key: r for r in results} | plan.resumed
-    records, quarantined = list(plan.reused), list(plan.quarantined)
+    records, quarantined, failed = list(plan.reused), list(plan.quarantined), []
+    previous = {(d.source, d.dataset_id): d for d in (plan.parent.datasets if plan.parent else [])}
     for d in plan.to_process:
         unit_res = [by_key.get(unit_key(u, d.fingerprint, plan.block_cells)) for u in d.units]
-        failed = [r for r in unit_res if r is None or not r.ok]
-        if failed:
-            err = failed[0]
-            stage, error = (err.stage, err.error) if err else ("run", "block result missing")
-            quarantined.append(
-                QuarantineRecord(
-                    d.ref.source, d.ref.dataset_id, d.ref.version, d.fingerprint, stage, error,
-                    d.ref.info,
-                )
-            )  # fmt: skip
+        bad = [r for r in unit_res if r is None or not r.ok]
+        if not bad:
+            records.append(_dataset_record(d, unit_res))
             continue
-        records.append(_dataset_record(d, unit_res))
+        verdicts = [r for r in bad if r is not None and r.status == "error"]
+        err = verdicts[0] if verdicts else bad[0]
+        stage, error = (err.stage, err.error) if err else ("run", "block result missing")
+        rec = QuarantineRecord(
+            d.ref.source, d.ref.dataset_id, d.ref.version, d.fingerprint, stage, error, d.ref.info
+        )
+        if verdicts:
+            quarantined.append(rec)
+            continue
+        failed.append(rec)
+        old = previous.get((d.ref.source, d.ref.dataset_id))
+        if old is not None and old.fingerprint == d.fingerprint:
+            # serve the previous version (same settings) until this one can be read
+            records.append(old)
     records.sort(key=lambda r: (r.source, r.dataset_id))
     quarantined.sort(key=lambda q: (q.source, q.dataset_id))
-    return records, quarantined
+    failed.sort(key=lambda q: (q.source, q.dataset_id))
+    return records, quarantined, failed
 
 
-def _totals(records: list[DatasetRecord], n_quarantined: int) -> dict:
+def _totals(records: list[DatasetRecord], n_quarantined: int, n_failed: int = 0) -> dict:
     dropped = dict.fromkeys(DROP_REASONS, 0)
     for rec in records:
         for k, v in rec.dropped.items():
@@ -236,6 +261,7 @@ def _totals(records: list[DatasetRecord], n_quarantined: int) -> dict:
     return {
         "n_datasets": len(records),
         "n_quarantined": n_quarantined,
+        "n_failed": n_failed,
         "n_cells_in": sum(d.n_cells_in for d in records),
         "n_cells_kept": n_kept,
         "n_cells_train": n_kept - n_val,
@@ -259,8 +285,9 @@ def build_corpus(cfg: BuildConfig, *, mlflow_run_id: str = "") -> BuildResult:
     Returns
     -------
     BuildResult
-        The committed manifest, its path, and the exit code (1 only with ``strict`` and a
-        quarantined input).
+        The committed manifest, its path, and the exit code: :data:`EXIT_FAILED` (75) when a
+        data set failed for infrastructure reasons, 1 with ``strict`` and a quarantined input,
+        else 0.
     """
     from scfm.data.genes import GeneVocab
 
@@ -270,8 +297,9 @@ def build_corpus(cfg: BuildConfig, *, mlflow_run_id: str = "") -> BuildResult:
     vocab = GeneVocab.load()
     parent = mf.load_manifest(fs, root)
     versions = mf.list_versions(fs, root)
+    sources = [s.pinned() for s in cfg.sources]  # aliases resolved once, here
     plan = plan_build(
-        cfg.sources,
+        sources,
         cfg.content(),
         fs=fs,
         root=root,
@@ -284,7 +312,12 @@ def build_corpus(cfg: BuildConfig, *, mlflow_run_id: str = "") -> BuildResult:
     )
     logger.info(plan.summary())
     results = _run_units(plan, cfg)
-    records, quarantined = _assemble(plan, results)
+    records, quarantined, failed = _assemble(plan, results)
+    for f in failed:
+        logger.warning(
+            "%s:%s failed this run at %s (%s); it will be tried again by the next run",
+            f.source, f.dataset_id, f.stage, f.error,
+        )  # fmt: skip
     histograms: dict = {}
     for rec in records:
         _sum_hist(histograms, rec.qc_hist)
@@ -305,8 +338,9 @@ def build_corpus(cfg: BuildConfig, *, mlflow_run_id: str = "") -> BuildResult:
         sources=plan.sources,
         datasets=records,
         quarantined=quarantined,
+        failed=failed,
         changes=plan.changes,
-        totals=_totals(records, len(quarantined)),
+        totals=_totals(records, len(quarantined), len(failed)),
     )
     path = mf.commit_manifest(fs, root, manifest)
     logger.info(
@@ -319,13 +353,19 @@ def build_corpus(cfg: BuildConfig, *, mlflow_run_id: str = "") -> BuildResult:
     return BuildResult(
         manifest=manifest,
         manifest_path=path,
-        exit_code=1 if (cfg.strict and quarantined) else 0,
+        exit_code=_exit_code(cfg, quarantined, failed),
         histograms=histograms,
         units_processed=len(results),
         units_reused=len(plan.resumed),
         seconds=time.perf_counter() - t_start,
         unit_results=results,
     )
+
+
+def _exit_code(cfg: BuildConfig, quarantined: list, failed: list) -> int:
+    if failed:
+        return EXIT_FAILED
+    return EXIT_QUARANTINED if (cfg.strict and quarantined) else 0
 
 
 def collect_garbage(fs, root: str, keep_versions: int = 2) -> int:
@@ -376,6 +416,20 @@ def summary_rows(manifest: Manifest) -> list[dict]:
                 "genes_mapped": "",
                 "shards": 0,
                 "note": f"{q.stage}: {q.error}"[:120],
+            }
+        )
+    for f in manifest.failed:
+        rows.append(
+            {
+                "source": f.source,
+                "dataset": f.dataset_id,
+                "status": "failed (retry)",
+                "in": 0,
+                "kept": 0,
+                "dropped": 0,
+                "genes_mapped": "",
+                "shards": 0,
+                "note": f"{f.stage}: {f.error}"[:120],
             }
         )
     return rows

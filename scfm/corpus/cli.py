@@ -76,7 +76,12 @@ def _run(refresh: bool, sources, options: dict) -> None:
         + (f", MLflow run {result.mlflow_run_id}" if result.mlflow_run_id else "")
         + ")"
     )
-    if result.exit_code:
+    if result.manifest.failed:
+        console.print(
+            f"[red]{len(result.manifest.failed)} data set(s) failed for infrastructure reasons "
+            "(see 'failed (retry)' rows); the next run retries them[/red]"
+        )
+    elif result.exit_code:
         console.print("[red]--strict: inputs were quarantined[/red]")
     raise typer.Exit(code=result.exit_code)
 

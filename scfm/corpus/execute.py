@@ -3,6 +3,10 @@
 :func:`process_unit` reads one block, validates it, maps genes, applies QC and writes its shards
 and a checkpoint. It never raises for bad input: a failure comes back as a :class:`UnitResult`
 with ``status="error"``, the stage and the message, and the driver quarantines the data set.
+Infrastructure failures (``Source.is_transient``: timeouts, connection and object-store errors,
+``MemoryError``, a store that changed since planning) are retried ``retries`` times with
+exponential backoff; if they persist the result has ``status="failed"`` and the driver reports
+the data set as failed for this run only.
 ``run_local`` calls it in-process; ``run_ray`` runs one unit per Ray Data task (no worker holds
 more than one block).
 """
@@ -54,6 +58,8 @@ class UnitContext:
     min_mapped_fraction: float
     max_cells_per_shard: int
     compression: str
+    retries: int = 2
+    retry_backoff_s: float = 1.0
 
 
 def _peak_rss_mb() -> float:
@@ -66,7 +72,30 @@ def _hist(values: np.ndarray, edges: list[float]) -> list[int]:
 
 
 def process_unit(source: Source, unit: WorkUnit, fp: str, ctx: UnitContext) -> UnitResult:
-    """Read, validate, harmonize, QC and write one block (see the module docstring)."""
+    """Read, validate, harmonize, QC and write one block, retrying infrastructure failures."""
+    attempt = 0
+    while True:
+        attempt += 1
+        result, exc = _process_once(source, unit, fp, ctx)
+        result.attempts = attempt
+        if exc is None or not source.is_transient(exc, result.stage):
+            return result
+        if attempt > ctx.retries:
+            result.status = "failed"
+            return result
+        delay = ctx.retry_backoff_s * 2 ** (attempt - 1)
+        logger.warning(
+            "%s:%s block %d: transient failure at %s (%s), retry %d/%d in %.1f s",
+            unit.source, unit.dataset_id, unit.block, result.stage, result.error, attempt,
+            ctx.retries, delay,
+        )  # fmt: skip
+        time.sleep(delay)
+
+
+def _process_once(
+    source: Source, unit: WorkUnit, fp: str, ctx: UnitContext
+) -> tuple[UnitResult, BaseException | None]:
+    """One attempt at a unit: its result, and the exception when it failed."""
     from scfm.data.genes import GeneVocab, gene_mapping
     from scfm.data.validate import check_species
 
@@ -138,7 +167,7 @@ def process_unit(source: Source, unit: WorkUnit, fp: str, ctx: UnitContext) -> U
         )
         # The checkpoint comes after the shards: present ⇒ the block's shards are complete.
         atomic_write_json(fs, join(root, UNIT_DIR, f"{key}.json"), result.to_dict())
-        return result
+        return result, None
     except Exception as exc:  # noqa: BLE001 - bad inputs are quarantined, not fatal
         logger.warning(
             "%s:%s block %d failed at %s: %s", unit.source, unit.dataset_id, unit.block, stage, exc
@@ -152,7 +181,7 @@ def process_unit(source: Source, unit: WorkUnit, fp: str, ctx: UnitContext) -> U
             error=f"{type(exc).__name__}: {exc}",
             traceback=traceback.format_exc(limit=3),
             peak_rss_mb=_peak_rss_mb(),
-        )
+        ), exc
 
 
 Task = tuple[Source, WorkUnit]

@@ -39,6 +39,20 @@ logger = logging.getLogger(__name__)
 FileFormat = Literal["h5ad", "10x_mtx", "10x_h5"]
 
 
+class StoreChangedError(RuntimeError):
+    """The source changed between planning and reading (an infrastructure failure: retried)."""
+
+
+# Failures of the machinery, not of the input: retried with backoff inside the job, then reported
+# as failed for this run only (never carried forward as a verdict on the data set).
+TRANSIENT_ERRORS: tuple[type[BaseException], ...] = (
+    MemoryError,
+    TimeoutError,
+    ConnectionError,
+    StoreChangedError,
+)
+
+
 @dataclass(frozen=True)
 class DatasetRef:
     """One data set of a source, as listed now.
@@ -132,6 +146,18 @@ class Source:
     def read(self, unit: WorkUnit) -> CellBlock:
         raise NotImplementedError
 
+    def pinned(self) -> Source:
+        """This source with moving references (release aliases) resolved, once, on the driver."""
+        return self
+
+    def is_transient(self, exc: BaseException, stage: str) -> bool:
+        """Whether ``exc`` (raised at ``stage``) is an infrastructure failure, not a data verdict.
+
+        Transient: :data:`TRANSIENT_ERRORS`, and any ``OSError`` while writing the output.
+        Everything else (bad counts, unmapped genes, a corrupt block) is a verdict on the input.
+        """
+        return isinstance(exc, TRANSIENT_ERRORS) or (stage == "write" and isinstance(exc, OSError))
+
 
 # --------------------------------------------------------------------------------------- Census
 
@@ -169,6 +195,50 @@ class CensusSource(Source):
     def __post_init__(self) -> None:
         if self.census_version is None and self.uri is None:
             raise ValueError("CensusSource needs census_version=... (a pinned release) or uri=...")
+        self._requested: dict | None = None  # set by pinned(): the config as the user gave it
+
+    def pinned(self) -> CensusSource:
+        """The concrete release behind an alias (``stable``, ``latest``), resolved once.
+
+        Returns a copy that opens that release's store by URI, so workers never look the alias
+        up again (it may move during a build) and need no access to the release directory. The
+        manifest records the concrete release; the source's config keeps the alias, so the next
+        refresh follows it.
+        """
+        if self.uri is not None or self.census_version is None:
+            return self
+        import dataclasses
+
+        import cellxgene_census
+
+        desc = cellxgene_census.get_census_version_description(self.census_version)  # one lookup
+        uri = desc.get("soma", {}).get("uri")
+        if not uri:
+            raise ValueError(
+                f"Census release {self.census_version!r} has no SOMA uri in the release directory;"
+                " pass the store with uri=... (--census-uri)"
+            )
+        out = dataclasses.replace(
+            self, census_version=desc.get("release_build") or self.census_version, uri=uri
+        )
+        out._requested = self.to_config()
+        if out.census_version != self.census_version:
+            logger.info("Census %r is release %s", self.census_version, out.census_version)
+        return out
+
+    def to_config(self) -> dict:
+        requested = getattr(self, "_requested", None)
+        return dict(requested) if requested else super().to_config()
+
+    def is_transient(self, exc: BaseException, stage: str) -> bool:
+        """Census reads that fail after planning (network, object store) are infrastructure."""
+        if super().is_transient(exc, stage):
+            return True
+        if stage != "read":
+            return False
+        import tiledbsoma
+
+        return isinstance(exc, (OSError, tiledbsoma.SOMAError))
 
     @property
     def _experiment_key(self) -> str:
@@ -287,7 +357,7 @@ class CensusSource(Source):
         obs = obs.concat().to_pandas().sort_values("soma_joinid")
         joinids = obs["soma_joinid"].to_numpy()
         if len(joinids) != unit.n_cells:
-            raise RuntimeError(
+            raise StoreChangedError(
                 f"{unit.dataset_id} block {unit.block}: expected {unit.n_cells} cells, the store "
                 f"returned {len(joinids)} (did the store change during the build?)"
             )
@@ -466,6 +536,10 @@ class FileSource(Source):
 
     def _dataset_id(self, path: Path) -> str:
         return path.name
+
+    def is_transient(self, exc: BaseException, stage: str) -> bool:
+        """A file that vanished between listing and reading is listed again next run."""
+        return super().is_transient(exc, stage) or isinstance(exc, FileNotFoundError)
 
     def _path_of(self, unit: WorkUnit) -> Path:
         for p in self._paths():

@@ -1,0 +1,209 @@
+"""Failure handling of corpus jobs (issue 16): transient vs data verdicts, crashes, commits."""
+
+from __future__ import annotations
+
+import dataclasses
+import http.server
+import json
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from scfm import datasets
+from scfm.corpus.build import EXIT_FAILED, BuildConfig, build_corpus
+from scfm.corpus.loader import open_corpus
+from scfm.corpus.qc import QCConfig
+from scfm.corpus.sources import CensusSource, H5ADSource, WorkUnit
+from scfm.data.io import read_counts
+
+from .conftest import assert_arithmetic, assert_same_corpus, corpus_frame
+
+QC = QCConfig(min_genes=50)
+
+
+@pytest.fixture(scope="module")
+def kang():
+    return read_counts(datasets.fetch("kang2018"))
+
+
+@dataclass
+class FlakySource(H5ADSource):
+    """An h5ad source whose reads of ``flaky`` data sets fail with a connection error.
+
+    The first ``fail_times`` reads of each block fail (counted in files under ``counter_dir``,
+    so the count survives across processes). ``spec()`` is the parent's: same fingerprint as a
+    healthy source, as for a real object store that was down for a while.
+    """
+
+    flaky: tuple[str, ...] = ()
+    fail_times: int = 0
+    counter_dir: str = ""
+
+    def read(self, unit: WorkUnit):
+        if unit.dataset_id in self.flaky:
+            counter = Path(self.counter_dir) / f"{unit.dataset_id}-{unit.block}"
+            n = int(counter.read_text()) + 1 if counter.exists() else 1
+            counter.write_text(str(n))
+            if n <= self.fail_times:
+                raise ConnectionError(f"simulated object-store reset (read {n})")
+        return super().read(unit)
+
+
+def _cfg(out, sources, **kw) -> BuildConfig:
+    args = dict(
+        qc=QC,
+        block_cells=300,
+        mlflow=False,
+        executor="local",
+        progress=False,
+        retry_backoff_s=0.01,
+    )
+    return BuildConfig(output=str(out), sources=sources, **(args | kw))
+
+
+def _inputs(tmp_path, kang) -> tuple[str, str]:
+    d = tmp_path / "inputs"
+    d.mkdir()
+    kang[:600].write_h5ad(d / "a.h5ad")
+    kang[600:900].write_h5ad(d / "b.h5ad")
+    return str(d / "a.h5ad"), str(d / "b.h5ad")
+
+
+def test_transient_read_error_is_retried_inside_the_job(tmp_path, kang):
+    a, b = _inputs(tmp_path, kang)
+    (tmp_path / "n").mkdir()
+    flaky = FlakySource(
+        paths=[a, b], flaky=("a.h5ad",), fail_times=1, counter_dir=str(tmp_path / "n")
+    )
+    result = build_corpus(_cfg(tmp_path / "c", [flaky]))
+    assert result.exit_code == 0
+    assert result.manifest.quarantined == [] and result.manifest.failed == []
+    attempts = {(r.unit["dataset_id"], r.unit["block"]): r.attempts for r in result.unit_results}
+    assert attempts == {("a.h5ad", 0): 2, ("a.h5ad", 1): 2, ("b.h5ad", 0): 1}
+    build_corpus(_cfg(tmp_path / "ref", [H5ADSource(paths=[a, b])]))
+    assert_same_corpus(str(tmp_path / "c"), str(tmp_path / "ref"))
+
+
+def test_persistent_infrastructure_failure_is_not_carried_forward(tmp_path, kang):
+    a, b = _inputs(tmp_path, kang)
+    (tmp_path / "n").mkdir()
+    down = FlakySource(
+        paths=[a, b], flaky=("a.h5ad",), fail_times=10**6, counter_dir=str(tmp_path / "n")
+    )
+    out = tmp_path / "c"
+    v1 = build_corpus(_cfg(out, [down], retries=2))
+    man = v1.manifest
+    assert v1.exit_code == EXIT_FAILED
+    assert man.quarantined == []  # not a verdict on the data
+    assert [(f.dataset_id, f.stage) for f in man.failed] == [("a.h5ad", "read")]
+    assert "ConnectionError: simulated object-store reset (read 3)" in man.failed[0].error
+    assert [d.dataset_id for d in man.datasets] == ["b.h5ad"]
+    assert man.totals["n_failed"] == 1
+    assert_arithmetic(man)
+
+    # The store is back: the next refresh processes the failed data set (no verdict carried).
+    healthy = H5ADSource(paths=[a, b])
+    v2 = build_corpus(_cfg(out, [healthy], refresh=True))
+    assert v2.exit_code == 0 and v2.manifest.failed == []
+    assert v2.manifest.changes["added"] == ["h5ad:a.h5ad"]
+    assert v2.manifest.changes["unchanged"] == ["h5ad:b.h5ad"]
+    assert v2.units_processed == 2  # a's two blocks; b reused
+    build_corpus(_cfg(tmp_path / "ref", [healthy]))
+    assert_same_corpus(str(out), str(tmp_path / "ref"))
+
+    # A changed data set that fails keeps serving its previous version (same rows as before).
+    before = corpus_frame(str(out))
+    kang[900:1200].write_h5ad(a)
+    v3 = build_corpus(_cfg(out, [dataclasses.replace(down, paths=[a, b])], refresh=True))
+    assert v3.exit_code == EXIT_FAILED
+    assert v3.manifest.changes["changed"] == ["h5ad:a.h5ad"]
+    assert [f.dataset_id for f in v3.manifest.failed] == ["a.h5ad"]
+    rec = {d.dataset_id: d for d in v3.manifest.datasets}["a.h5ad"]
+    assert rec == {d.dataset_id: d for d in v2.manifest.datasets}["a.h5ad"]
+    after = corpus_frame(str(out))
+    assert after["cell_id"].tolist() == before["cell_id"].tolist()
+    v4 = build_corpus(_cfg(out, [healthy], refresh=True))
+    assert v4.manifest.failed == [] and v4.manifest.changes["changed"] == ["h5ad:a.h5ad"]
+    assert open_corpus(str(out)).manifest.totals["n_cells_in"] == 600
+
+
+def test_store_changed_error_is_transient(census_store):
+    from scfm.corpus.sources import StoreChangedError
+
+    src = CensusSource(uri=census_store.uri)
+    assert src.is_transient(StoreChangedError("x"), "read")
+    assert src.is_transient(OSError("s3 timeout"), "read")
+    assert src.is_transient(MemoryError(), "harmonize")
+    assert not src.is_transient(ValueError("negative values"), "validate")
+    files = H5ADSource(paths=[])
+    assert files.is_transient(OSError("disk full"), "write")
+    assert not files.is_transient(OSError("corrupt HDF5 chunk"), "read")
+
+
+class _Directory(http.server.BaseHTTPRequestHandler):
+    """A Census release directory on 127.0.0.1; ``stable`` moves after the first lookup."""
+
+    files: dict[str, list[dict]] = {}
+    served: list[str] = []
+
+    def do_GET(self):  # noqa: N802 - http.server API
+        name = self.path.strip("/")
+        self.served.append(name)
+        versions = self.files[name]
+        body = json.dumps(versions[0] if len(versions) == 1 else versions.pop(0)).encode()
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, *args):
+        pass
+
+
+def test_census_alias_resolved_once_on_the_driver(tmp_path, census_store, ray_local, monkeypatch):
+    """``census_version="stable"``: the driver resolves it; workers read that release's store.
+
+    The directory is served over HTTP to the driver only (Ray workers cannot reach it), and
+    ``stable`` points at another release after the first lookup: every block must still come
+    from the release resolved at planning.
+    """
+    import cellxgene_census._release_directory as rd
+
+    from tests.census_fixture import DEFAULT_DATASETS
+
+    def release(date: str, uri: str) -> dict:
+        return {"release_build": date, "release_date": date, "soma": {"uri": uri}, "h5ads": {}}
+
+    store = census_store.uri
+    first = {"stable": "2099-01-01", "2099-01-01": release("2099-01-01", store)}
+    moved = {"stable": "2099-02-01", "2099-02-01": release("2099-02-01", str(tmp_path / "gone"))}
+    mirrors = {"default": "m", "m": {"provider": "S3", "base_uri": "", "region": "us-west-2"}}
+    _Directory.files = {"release.json": [first, moved], "mirrors.json": [mirrors]}
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Directory)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    base = f"http://127.0.0.1:{server.server_address[1]}"
+    monkeypatch.setattr(rd, "CELL_CENSUS_RELEASE_DIRECTORY_URL", f"{base}/release.json")
+    monkeypatch.setattr(rd, "CELL_CENSUS_MIRRORS_DIRECTORY_URL", f"{base}/mirrors.json")
+    tenx = next(d for d in DEFAULT_DATASETS if d.name == "tenx-v3-chr21").dataset_id
+    flt = f"dataset_id == '{tenx}'"
+    try:
+        src = CensusSource(census_version="stable", obs_value_filter=flt)
+        cfg = dataclasses.replace(
+            _cfg(tmp_path / "c", [src], block_cells=200), executor="ray", retries=0
+        )
+        result = build_corpus(cfg)
+    finally:
+        server.shutdown()
+    man = result.manifest
+    assert man.quarantined == [] and man.failed == []
+    (rec,) = man.sources
+    assert rec.release["census_version"] == "2099-01-01"
+    assert rec.config["census_version"] == "stable" and rec.config["uri"] is None
+    ref = build_corpus(_cfg(tmp_path / "ref", [CensusSource(uri=store, obs_value_filter=flt)]))
+    assert man.totals["n_cells_in"] == ref.manifest.totals["n_cells_in"] > 200
+    assert corpus_frame(str(tmp_path / "c"))["cell_id"].tolist() == (
+        corpus_frame(str(tmp_path / "ref"))["cell_id"].tolist()
+    )
