@@ -31,7 +31,16 @@ from scfm.corpus.harmonize import SCHEMA
 from scfm.corpus.manifest import DatasetRecord, Manifest, QuarantineRecord, UnitResult
 from scfm.corpus.plan import BuildPlan, ContentSettings, corpus_fingerprint, plan_build
 from scfm.corpus.qc import DROP_REASONS, QCConfig
-from scfm.corpus.shards import TMP_MARK, UNIT_DIR, join, list_files, resolve, unit_key
+from scfm.corpus.shards import (
+    TMP_MARK,
+    UNIT_DIR,
+    absolute_uri,
+    join,
+    list_files,
+    resolve,
+    unit_key,
+    verify_shards,
+)
 from scfm.corpus.sources import Source
 from scfm.data.validate import DEFAULT_MIN_MAPPED_FRACTION
 
@@ -191,7 +200,7 @@ def _run_units(plan: BuildPlan, cfg: BuildConfig) -> list[UnitResult]:
     if not pending:
         return []
     ctx = UnitContext(
-        cfg.output,
+        absolute_uri(cfg.output),  # resolved here, once: workers may have another cwd
         cfg.block_cells,
         cfg.qc,
         cfg.val_fraction,
@@ -203,6 +212,10 @@ def _run_units(plan: BuildPlan, cfg: BuildConfig) -> list[UnitResult]:
     )
     if cfg.executor == "local":
         return run_local(pending, plan.fingerprints, ctx)
+    from scfm.runtime import ensure_ray
+
+    ensure_ray(cfg.ray_address)
+    check_output_reachable(cfg.output, _n_ray_nodes())
     return run_ray(
         pending,
         plan.fingerprints,
@@ -211,6 +224,27 @@ def _run_units(plan: BuildPlan, cfg: BuildConfig) -> list[UnitResult]:
         num_cpus_per_unit=cfg.num_cpus_per_unit,
         progress=cfg.progress,
     )
+
+
+def _n_ray_nodes() -> int:
+    import ray
+
+    return sum(1 for n in ray.nodes() if n.get("Alive"))
+
+
+def check_output_reachable(output: str, n_nodes: int) -> None:
+    """Refuse a plain local output path when Ray workers may run on other nodes.
+
+    Each node would write its blocks to its own disk and the manifest would list shards the
+    driver's machine does not have. An explicit ``file://`` URI is taken as a shared mount.
+    """
+    if n_nodes > 1 and "://" not in output:
+        raise ValueError(
+            f"output {output!r} is a local path, but the Ray cluster has {n_nodes} nodes: "
+            "workers on other nodes would write shards to their own disks. Use an object store "
+            "URI (-o s3://bucket/corpus) or, for a mount shared by every node, an explicit "
+            f"file:// URI (-o file://{absolute_uri(output)})."
+        )
 
 
 def _assemble(
@@ -342,6 +376,7 @@ def build_corpus(cfg: BuildConfig, *, mlflow_run_id: str = "") -> BuildResult:
         changes=plan.changes,
         totals=_totals(records, len(quarantined), len(failed)),
     )
+    verify_shards(fs, root, [s for rec in records for s in rec.shards])  # before the commit
     path = mf.commit_manifest(fs, root, manifest)
     logger.info(
         "committed %s: %d cells kept of %d",

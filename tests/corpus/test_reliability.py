@@ -207,3 +207,72 @@ def test_census_alias_resolved_once_on_the_driver(tmp_path, census_store, ray_lo
     assert corpus_frame(str(tmp_path / "c"))["cell_id"].tolist() == (
         corpus_frame(str(tmp_path / "ref"))["cell_id"].tolist()
     )
+
+
+# ------------------------------------------------------------------ item 3: commit what exists
+
+
+@dataclass
+class HookSource(H5ADSource):
+    """An h5ad source with test-only hooks run when block ``at_block`` of a data set is read.
+
+    ``action``: ``"delete_first_shard"`` removes block 0's shard of the same data set (a shard
+    lost after it was written); ``"interrupt"`` raises KeyboardInterrupt (the job dies there).
+    """
+
+    action: str = ""
+    at_block: int = 1
+    output: str = ""
+
+    def read(self, unit: WorkUnit):
+        if unit.block == self.at_block and self.action == "interrupt":
+            raise KeyboardInterrupt("test: job killed")
+        if unit.block == self.at_block and self.action == "delete_first_shard":
+            (shard,) = Path(self.output, "shards").rglob("*-b00000-00.parquet")
+            shard.unlink()
+        return super().read(unit)
+
+
+def test_a_lost_shard_fails_the_commit_and_nothing_is_committed(tmp_path, kang):
+    from scfm.corpus.manifest import list_versions
+    from scfm.corpus.shards import ShardCheckError, resolve
+
+    a, _ = _inputs(tmp_path, kang)
+    out = tmp_path / "c"
+    src = HookSource(paths=[a], action="delete_first_shard", at_block=1, output=str(out))
+    with pytest.raises(ShardCheckError, match=r"1 of 2 shards .*-b00000-00\.parquet: missing"):
+        build_corpus(_cfg(out, [src]))
+    assert list_versions(*resolve(str(out))) == []  # readers still see nothing
+
+
+def test_resume_rewrites_a_truncated_shard(tmp_path, kang):
+    a, _ = _inputs(tmp_path, kang)
+    out = tmp_path / "c"
+    with pytest.raises(KeyboardInterrupt):
+        build_corpus(_cfg(out, [HookSource(paths=[a], action="interrupt", at_block=1)]))
+    (shard,) = (out / "shards").rglob("*-b00000-00.parquet")
+    shard.write_bytes(shard.read_bytes()[:-100])  # a torn write left under the final name
+    again = build_corpus(_cfg(out, [H5ADSource(paths=[a])]))
+    assert again.units_reused == 0 and again.units_processed == 2
+    build_corpus(_cfg(tmp_path / "ref", [H5ADSource(paths=[a])]))
+    assert_same_corpus(str(out), str(tmp_path / "ref"))
+
+
+def test_relative_output_is_resolved_on_the_driver(tmp_path, kang, ray_local, monkeypatch):
+    """Ray workers run in their own working directory; a relative -o must not follow it."""
+    a, _ = _inputs(tmp_path, kang)
+    monkeypatch.chdir(tmp_path)
+    result = build_corpus(_cfg("rel/corpus", [H5ADSource(paths=[a])], executor="ray"))
+    assert result.manifest.totals["n_shards"] == 2
+    df = corpus_frame(str(tmp_path / "rel" / "corpus"))
+    assert len(df) == result.manifest.totals["n_cells_kept"] > 0
+
+
+def test_local_output_is_refused_on_a_multi_node_cluster():
+    from scfm.corpus.build import check_output_reachable
+
+    check_output_reachable("corpus", 1)
+    check_output_reachable("s3://bucket/corpus", 3)
+    check_output_reachable("file:///mnt/shared/corpus", 3)
+    with pytest.raises(ValueError, match="local path, but the Ray cluster has 3 nodes.*s3://"):
+        check_output_reachable("corpus", 3)
