@@ -79,6 +79,9 @@ class BuildConfig:
         ``MemoryError``) are retried this many times, waiting ``retry_backoff_s`` · 2^k; a data
         set whose block still fails is reported as failed for this run (exit code
         :data:`EXIT_FAILED`) and tried again by the next build or refresh.
+    crash_retries
+        A block whose Ray worker process dies (segfault, OOM killer) is retried this many times,
+        then its data set is quarantined with ``worker crashed (exit: …)``; the job goes on.
     resume
         Reuse finished blocks of an interrupted run (``_units/`` checkpoints).
     keep_versions
@@ -105,6 +108,7 @@ class BuildConfig:
     resume: bool = option(True, "Reuse blocks finished by an interrupted run.")
     retries: int = option(2, "Retries of a block after an infrastructure failure.")
     retry_backoff_s: float = option(1.0, "First retry delay in seconds (doubles each retry).")
+    crash_retries: int = option(2, "Retries of a block whose worker process died (Ray).")
     keep_versions: int = option(2, "Manifests whose shards garbage collection keeps.")
     mlflow: bool = option(True, "Log the run to MLflow experiment 'corpus'.")
     run_name: str | None = option(None, "MLflow run name (default: kind and version).")
@@ -223,6 +227,7 @@ def _run_units(plan: BuildPlan, cfg: BuildConfig) -> list[UnitResult]:
         ray_address=cfg.ray_address,
         num_cpus_per_unit=cfg.num_cpus_per_unit,
         progress=cfg.progress,
+        crash_retries=cfg.crash_retries,
     )
 
 

@@ -18,6 +18,7 @@ import logging
 import resource
 import time
 import traceback
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -202,6 +203,23 @@ def _ray_unit_batch(batch, sources: dict, fps: dict, ctx: UnitContext):
     return {"result": np.array(out, dtype=object)}
 
 
+def crashed_result(unit: WorkUnit, fp: str, ctx: UnitContext, attempts: int) -> UnitResult:
+    """The result of a unit whose worker process died on every attempt (no Python exception)."""
+    return UnitResult(
+        key=unit_key(unit, fp, ctx.block_cells),
+        unit=unit.to_dict(),
+        fingerprint=fp,
+        status="error",
+        stage="crash",
+        error=(
+            f"worker crashed (exit: the worker process died on each of {attempts} attempts at "
+            "this block, killed by a signal: the OOM killer, a segfault in a reader, or "
+            "SIGKILL; see the Ray worker logs)"
+        ),
+        attempts=attempts,
+    )
+
+
 def run_ray(
     tasks: Sequence[Task],
     fps: dict[str, str],
@@ -210,21 +228,47 @@ def run_ray(
     ray_address: str | None = None,
     num_cpus_per_unit: float = 1.0,
     progress: bool = True,
+    crash_retries: int = 2,
 ) -> list[UnitResult]:
-    """One Ray Data task per unit (``from_items`` → ``map_batches(batch_size=1)``)."""
+    """One Ray Data task per unit (``from_items`` → ``map_batches(batch_size=1)``).
+
+    A task whose worker process dies (segfault, OOM killer) is retried ``crash_retries`` times
+    (Ray Data's default is to retry forever), then dropped without failing the job; its unit
+    comes back as a ``worker crashed`` error and the driver quarantines its data set.
+    """
     import ray.data
     from ray.data import DataContext
 
     ensure_ray(ray_address)
-    DataContext.get_current().enable_progress_bars = progress
+    data_ctx = DataContext.get_current()
+    saved = data_ctx.enable_progress_bars, data_ctx.max_errored_blocks
+    data_ctx.enable_progress_bars = progress
+    data_ctx.max_errored_blocks = -1  # one block per unit: a dropped block is a crashed unit
     sources = {s.name: s for s, _ in tasks}
     items = [{"source": s.name, "unit": json.dumps(u.to_dict())} for s, u in tasks]
-    ds = ray.data.from_items(items, override_num_blocks=len(items))
-    ds = ds.map_batches(
-        _ray_unit_batch,
-        batch_size=1,
-        batch_format="numpy",
-        fn_kwargs={"sources": sources, "fps": fps, "ctx": ctx},
-        num_cpus=num_cpus_per_unit,
-    )
-    return [UnitResult.from_dict(json.loads(r["result"])) for r in ds.iter_rows()]
+    try:
+        ds = ray.data.from_items(items, override_num_blocks=len(items))
+        with warnings.catch_warnings():
+            # Ray 2.60 has no named parameter for system-failure retries of map tasks yet
+            warnings.filterwarnings("ignore", message="`ray_remote_args` is deprecated")
+            ds = ds.map_batches(
+                _ray_unit_batch,
+                batch_size=1,
+                batch_format="numpy",
+                fn_kwargs={"sources": sources, "fps": fps, "ctx": ctx},
+                num_cpus=num_cpus_per_unit,
+                max_retries=crash_retries,
+            )
+        results = [UnitResult.from_dict(json.loads(r["result"])) for r in ds.iter_rows()]
+    finally:
+        data_ctx.enable_progress_bars, data_ctx.max_errored_blocks = saved
+    done = {r.key for r in results}
+    for src, unit in tasks:
+        fp = fps[src.name]
+        if unit_key(unit, fp, ctx.block_cells) not in done:
+            logger.warning(
+                "%s:%s block %d: worker crashed %d times", unit.source, unit.dataset_id,
+                unit.block, crash_retries + 1,
+            )  # fmt: skip
+            results.append(crashed_result(unit, fp, ctx, crash_retries + 1))
+    return results

@@ -5,7 +5,11 @@ from __future__ import annotations
 import dataclasses
 import http.server
 import json
+import os
+import signal
+import sys
 import threading
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -276,3 +280,38 @@ def test_local_output_is_refused_on_a_multi_node_cluster():
     check_output_reachable("file:///mnt/shared/corpus", 3)
     with pytest.raises(ValueError, match="local path, but the Ray cluster has 3 nodes.*s3://"):
         check_output_reachable("corpus", 3)
+
+
+# ------------------------------------------------------------ item 2: crashes must not hang
+
+
+@dataclass
+class CrashSource(H5ADSource):
+    """Test-only hook: reading any block of a data set in ``crash`` SIGKILLs the worker process."""
+
+    crash: tuple[str, ...] = ()
+
+    def read(self, unit: WorkUnit):
+        if unit.dataset_id in self.crash:
+            os.kill(os.getpid(), signal.SIGKILL)
+        return super().read(unit)
+
+
+@pytest.mark.slow
+def test_a_worker_that_keeps_crashing_is_quarantined_in_bounded_time(tmp_path, kang, ray_local):
+    ray_local.cloudpickle.register_pickle_by_value(sys.modules[__name__])  # workers: no tests/
+    a, b = _inputs(tmp_path, kang)
+    src = CrashSource(paths=[a, b], crash=("b.h5ad",))
+    t0 = time.monotonic()
+    result = build_corpus(_cfg(tmp_path / "c", [src], executor="ray", crash_retries=1))
+    assert time.monotonic() - t0 < 120  # Ray Data's default retries would never end
+    man = result.manifest
+    (q,) = man.quarantined
+    assert (q.dataset_id, q.stage) == ("b.h5ad", "crash")
+    assert q.error.startswith("worker crashed (exit: the worker process died on each of 2 ")
+    assert [d.dataset_id for d in man.datasets] == ["a.h5ad"]
+    assert_arithmetic(man)
+    build_corpus(_cfg(tmp_path / "ref", [H5ADSource(paths=[a])]))
+    assert corpus_frame(str(tmp_path / "c"))["cell_id"].tolist() == (
+        corpus_frame(str(tmp_path / "ref"))["cell_id"].tolist()
+    )
