@@ -28,6 +28,7 @@ from scfm.cli_options import option
 from scfm.corpus import manifest as mf
 from scfm.corpus.execute import HIST_EDGES, UnitContext, run_local, run_ray
 from scfm.corpus.harmonize import SCHEMA
+from scfm.corpus.lease import Lease
 from scfm.corpus.manifest import DatasetRecord, Manifest, QuarantineRecord, UnitResult
 from scfm.corpus.plan import BuildPlan, ContentSettings, corpus_fingerprint, plan_build
 from scfm.corpus.qc import DROP_REASONS, QCConfig
@@ -85,7 +86,12 @@ class BuildConfig:
     resume
         Reuse finished blocks of an interrupted run (``_units/`` checkpoints).
     keep_versions
-        Shards referenced by the newest ``keep_versions`` manifests survive garbage collection.
+        The newest ``keep_versions`` manifests and their shards survive garbage collection;
+        older manifests are retired (deleted) before their shards.
+    lease_ttl_s
+        The build holds a lease on the output (``_lease.json``), refreshed every third of this;
+        a second build or refresh of the same output stops with the holder's host and pid. A
+        lease not refreshed for this long (its writer died) is broken with a warning.
     mlflow
         Log the build as a run in MLflow experiment ``corpus`` (done by the caller of
         :func:`build_corpus`, see ``scfm.corpus.build_report.build_and_log``).
@@ -109,7 +115,8 @@ class BuildConfig:
     retries: int = option(2, "Retries of a block after an infrastructure failure.")
     retry_backoff_s: float = option(1.0, "First retry delay in seconds (doubles each retry).")
     crash_retries: int = option(2, "Retries of a block whose worker process died (Ray).")
-    keep_versions: int = option(2, "Manifests whose shards garbage collection keeps.")
+    keep_versions: int = option(2, "Manifests (and their shards) garbage collection keeps.")
+    lease_ttl_s: float = option(600.0, "Writer lease on the output: expiry, refreshed at 1/3.")
     mlflow: bool = option(True, "Log the run to MLflow experiment 'corpus'.")
     run_name: str | None = option(None, "MLflow run name (default: kind and version).")
     executor: str = option("ray", "'ray' (local or RAY_ADDRESS) or 'local'.")
@@ -328,11 +335,18 @@ def build_corpus(cfg: BuildConfig, *, mlflow_run_id: str = "") -> BuildResult:
         data set failed for infrastructure reasons, 1 with ``strict`` and a quarantined input,
         else 0.
     """
-    from scfm.data.genes import GeneVocab
-
     t_start = time.perf_counter()
     fs, root = resolve(cfg.output)
     fs.create_dir(root, recursive=True)
+    with Lease(fs, root, ttl_s=cfg.lease_ttl_s) as lease:
+        return _build_leased(cfg, fs, root, lease, mlflow_run_id, t_start)
+
+
+def _build_leased(
+    cfg: BuildConfig, fs, root: str, lease: Lease, mlflow_run_id: str, t_start: float
+) -> BuildResult:
+    from scfm.data.genes import GeneVocab
+
     vocab = GeneVocab.load()
     parent = mf.load_manifest(fs, root)
     versions = mf.list_versions(fs, root)
@@ -382,6 +396,7 @@ def build_corpus(cfg: BuildConfig, *, mlflow_run_id: str = "") -> BuildResult:
         totals=_totals(records, len(quarantined), len(failed)),
     )
     verify_shards(fs, root, [s for rec in records for s in rec.shards])  # before the commit
+    lease.check()  # still the only writer
     path = mf.commit_manifest(fs, root, manifest)
     logger.info(
         "committed %s: %d cells kept of %d",
@@ -409,14 +424,23 @@ def _exit_code(cfg: BuildConfig, quarantined: list, failed: list) -> int:
 
 
 def collect_garbage(fs, root: str, keep_versions: int = 2) -> int:
-    """Delete unit checkpoints, temporary files and shards no kept manifest lists.
+    """Retire old manifests, then delete files no kept manifest lists.
 
-    Run after a commit (by :func:`build_corpus`). Returns the number of files removed.
+    Keeps the newest ``keep_versions`` manifests and every shard they list; deletes older
+    manifests first (so no manifest ever lists a deleted shard), then unit checkpoints,
+    temporary files and unlisted shards. Run by :func:`build_corpus` after a commit, under the
+    writer lease (no other writer's files are in flight). Returns the number of files removed.
     """
+    versions = mf.list_versions(fs, root)
+    kept = versions[-max(keep_versions, 1) :]
     keep: set[str] = set()
-    for v in mf.list_versions(fs, root)[-max(keep_versions, 1) :]:
+    for v in kept:
         keep.update(mf.load_manifest(fs, root, v).shard_paths())
     removed = 0
+    for v in versions[: len(versions) - len(kept)]:
+        fs.delete_file(mf.manifest_path(root, v))
+        logger.info("retired corpus version %d (keep_versions=%d)", v, keep_versions)
+        removed += 1
     for rel in list_files(fs, root, UNIT_DIR):
         fs.delete_file(join(root, rel))
         removed += 1

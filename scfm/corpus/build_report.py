@@ -89,6 +89,10 @@ def build_and_log(cfg: BuildConfig) -> BuildResult:
 
     if not cfg.mlflow:
         return build_corpus(cfg)
+    from scfm.corpus.lease import check_free
+    from scfm.corpus.shards import resolve
+
+    check_free(*resolve(cfg.output))  # before opening a run that could not be filled
     tags = {
         "scfm.corpus_uri": cfg.output,
         "scfm.corpus_kind": "refresh" if cfg.refresh else "build",

@@ -69,7 +69,13 @@ def _run(refresh: bool, sources, options: dict) -> None:
         cfg = build_config(BuildConfig, options, sources=sources, refresh=refresh)
     except ValueError as exc:
         raise typer.BadParameter(str(exc)) from None
-    result = build_and_log(cfg)
+    from scfm.corpus.lease import EXIT_LOCKED, LeaseHeldError
+
+    try:
+        result = build_and_log(cfg)
+    except LeaseHeldError as exc:
+        console.print(f"[red]{exc}[/red]")
+        raise typer.Exit(code=EXIT_LOCKED) from None
     print_summary(result.manifest, summary_rows(result.manifest))
     console.print(
         f"manifest: {result.manifest_path}  ({result.seconds:.1f} s"

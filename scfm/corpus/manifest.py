@@ -243,6 +243,12 @@ def load_manifest(fs: pafs.FileSystem, root: str, version: int | None = None) ->
             return None
         version = versions[-1]
     elif version not in versions:
+        if versions and 0 < version < versions[0]:
+            raise FileNotFoundError(
+                f"corpus {root} version {version} was retired by garbage collection (a build "
+                f"keeps its newest keep_versions manifests and their shards); available: "
+                f"{versions}. Pin a kept version, or raise --keep-versions for future builds."
+            )
         raise FileNotFoundError(f"corpus {root} has no version {version}; has {versions}")
     path = manifest_path(root, version)
     return Manifest.from_dict(read_json(fs, path), where=path)

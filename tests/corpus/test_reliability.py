@@ -75,6 +75,12 @@ def _inputs(tmp_path, kang) -> tuple[str, str]:
     return str(d / "a.h5ad"), str(d / "b.h5ad")
 
 
+def _rewrite(path: str, adata) -> None:
+    """Replace an input file with new content (rename: the old one may still be open)."""
+    adata.write_h5ad(path + ".new")
+    os.replace(path + ".new", path)
+
+
 def test_transient_read_error_is_retried_inside_the_job(tmp_path, kang):
     a, b = _inputs(tmp_path, kang)
     (tmp_path / "n").mkdir()
@@ -119,7 +125,7 @@ def test_persistent_infrastructure_failure_is_not_carried_forward(tmp_path, kang
 
     # A changed data set that fails keeps serving its previous version (same rows as before).
     before = corpus_frame(str(out))
-    kang[900:1200].write_h5ad(a)
+    _rewrite(a, kang[900:1200])
     v3 = build_corpus(_cfg(out, [dataclasses.replace(down, paths=[a, b])], refresh=True))
     assert v3.exit_code == EXIT_FAILED
     assert v3.manifest.changes["changed"] == ["h5ad:a.h5ad"]
@@ -314,4 +320,93 @@ def test_a_worker_that_keeps_crashing_is_quarantined_in_bounded_time(tmp_path, k
     build_corpus(_cfg(tmp_path / "ref", [H5ADSource(paths=[a])]))
     assert corpus_frame(str(tmp_path / "c"))["cell_id"].tolist() == (
         corpus_frame(str(tmp_path / "ref"))["cell_id"].tolist()
+    )
+
+
+# ------------------------------------------------- item 4: one writer; GC keeps what it keeps
+
+_HOLD = """
+import sys, time
+from scfm.corpus.lease import Lease
+from scfm.corpus.shards import resolve
+Lease(*resolve(sys.argv[1]), ttl_s=float(sys.argv[2])).acquire()
+print("held", flush=True)
+time.sleep(600)
+"""
+
+
+def test_a_second_writer_stops_naming_the_holder(tmp_path, kang, caplog):
+    import subprocess
+
+    from typer.testing import CliRunner
+
+    from scfm.corpus.cli import corpus_app
+    from scfm.corpus.lease import EXIT_LOCKED, LeaseHeldError
+    from scfm.corpus.manifest import list_versions
+    from scfm.corpus.shards import resolve
+
+    a, _ = _inputs(tmp_path, kang)
+    out = tmp_path / "c"
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2])}
+    holder = subprocess.Popen(
+        [sys.executable, "-c", _HOLD, str(out), "1.5"], stdout=subprocess.PIPE, text=True, env=env
+    )
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        inflight = out / "shards" / f"x.parquet.tmp-{'0' * 12}"  # the holder's file in flight
+        inflight.parent.mkdir(parents=True)
+        inflight.write_bytes(b"partial")
+        time.sleep(2.5)  # past the first expiry: only the holder's refreshes keep it live
+        with pytest.raises(LeaseHeldError, match=rf"being written by .* pid {holder.pid} "):
+            build_corpus(_cfg(out, [H5ADSource(paths=[a])]))
+        res = CliRunner().invoke(
+            corpus_app, ["build", "-o", str(out), "--h5ad", a, "--executor", "local",
+                         "--no-mlflow", "--no-progress"],
+        )  # fmt: skip
+        assert res.exit_code == EXIT_LOCKED, res.output
+        assert f"pid {holder.pid}" in res.output
+        assert list_versions(*resolve(str(out))) == [] and inflight.exists()
+    finally:
+        holder.kill()
+        holder.wait()
+    # the holder was killed: its lease is stale (process gone) and the next build breaks it
+    with caplog.at_level("WARNING", logger="scfm.corpus.lease"):
+        result = build_corpus(_cfg(out, [H5ADSource(paths=[a])]))
+    assert result.manifest.corpus_version == 1
+    assert any("breaking the stale lease" in r.message and "process is gone" in r.message
+               for r in caplog.records)  # fmt: skip
+    assert not (out / "_lease.json").exists()  # given back after the build
+
+
+def test_an_expired_lease_of_another_host_is_broken(tmp_path, kang, caplog):
+    a, _ = _inputs(tmp_path, kang)
+    out = tmp_path / "c"
+    out.mkdir()
+    stale = {"owner": "x", "host": "node-7", "pid": 1, "expires": time.time() - 30}
+    (out / "_lease.json").write_text(json.dumps(stale))
+    with caplog.at_level("WARNING", logger="scfm.corpus.lease"):
+        assert build_corpus(_cfg(out, [H5ADSource(paths=[a])])).manifest.corpus_version == 1
+    assert any("host node-7 pid 1" in r.message and "expired 3" in r.message
+               for r in caplog.records)  # fmt: skip
+
+
+def test_gc_retires_old_manifests_with_their_shards(tmp_path, kang):
+    from scfm.corpus.manifest import list_versions
+    from scfm.corpus.shards import resolve
+
+    a, b = _inputs(tmp_path, kang)
+    out = tmp_path / "c"
+    build_corpus(_cfg(out, [H5ADSource(paths=[a])]))
+    _rewrite(a, kang[900:1200])  # v2: a changed, so v1's shards are v1's alone
+    build_corpus(_cfg(out, [H5ADSource(paths=[a])], refresh=True))
+    build_corpus(_cfg(out, [H5ADSource(paths=[a, b])], refresh=True))  # v3: b added
+    assert list_versions(*resolve(str(out))) == [2, 3]
+    with pytest.raises(FileNotFoundError, match="version 1 was retired by garbage collection"):
+        open_corpus(str(out), version=1)
+    for v in (2, 3):
+        c = open_corpus(str(out), version=v)
+        assert c.read_table().num_rows == c.manifest.totals["n_cells_kept"] > 0
+    on_disk = {p.relative_to(out).as_posix() for p in (out / "shards").rglob("*.parquet")}
+    assert on_disk == set(open_corpus(str(out), 2).manifest.shard_paths()) | set(
+        open_corpus(str(out), 3).manifest.shard_paths()
     )
