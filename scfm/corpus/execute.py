@@ -98,7 +98,7 @@ def _process_once(
 ) -> tuple[UnitResult, BaseException | None]:
     """One attempt at a unit: its result, and the exception when it failed."""
     from scfm.data.genes import GeneVocab, gene_mapping
-    from scfm.data.validate import check_species
+    from scfm.data.validate import check_library_sizes, check_names, check_species
 
     fs, root = resolve(ctx.output)
     key = unit_key(unit, fp, ctx.block_cells)
@@ -108,10 +108,12 @@ def _process_once(
         block = source.read(unit)
         t_read = time.perf_counter()
         stage = "validate"
+        check_names(block.gene_ids, "gene")  # as validate_anndata: duplicates are refused
         mapping = gene_mapping(GeneVocab.load(), block.gene_ids)  # cached per process
         t_map = time.perf_counter()
         check_species(mapping, ctx.min_mapped_fraction)
         rows, stats = map_block(block.X, mapping)  # one pass: vocabulary, QC sums, count checks
+        check_library_sizes(stats.total_counts, f"block {unit.block}")  # rounded CPM/TPM
         stage = "harmonize"
         hb = pack_block(
             block,

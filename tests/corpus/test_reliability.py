@@ -6,6 +6,7 @@ import dataclasses
 import http.server
 import json
 import os
+import re
 import signal
 import sys
 import threading
@@ -410,3 +411,84 @@ def test_gc_retires_old_manifests_with_their_shards(tmp_path, kang):
     assert on_disk == set(open_corpus(str(out), 2).manifest.shard_paths()) | set(
         open_corpus(str(out), 3).manifest.shard_paths()
     )
+
+
+# ------------------------------------------------------------ item 6: validation blind spots
+
+
+def _variant(tmp_path, kang, name: str, change) -> str:
+    import numpy as np
+    import scipy.sparse as sp
+
+    sub = kang[:300].copy()
+    sub.X = sp.csr_matrix(sub.X, dtype=np.float32)
+    change(sub, np.random.default_rng(0))
+    path = tmp_path / name / "x.h5ad"
+    path.parent.mkdir()
+    sub.write_h5ad(path)
+    return str(path)
+
+
+def _rounded_cpm(a, rng):
+    import numpy as np
+    import scipy.sparse as sp
+
+    totals = np.asarray(a.X.sum(axis=1)).ravel()
+    a.X = sp.csr_matrix(np.rint(sp.diags(1e6 / totals) @ a.X), dtype=np.float32)
+
+
+def _ambient_corrected(a, rng):  # SoupX adjustCounts(roundToInt=FALSE)-like: fractional removal
+    import numpy as np
+
+    a.X.data = np.maximum(a.X.data - rng.uniform(0.0, 0.6, a.X.nnz), 0).astype(np.float32)
+
+
+def _duplicated_gene(a, rng):
+    names = a.var_names.to_list()
+    names[1] = names[0]
+    a.var_names = names
+
+
+def _lowercase(a, rng):
+    a.var_names = [g.lower() for g in a.var_names]
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        (_rounded_cpm, r"sums to about 99\d,\d{3} .* CPM/TPM values rounded to integers"),
+        (_ambient_corrected, r"ambient-RNA-corrected counts \(SoupX, CellBender.*round them"),
+        (_duplicated_gene, r"1 duplicated gene names .*make them unique"),
+    ],
+    ids=["rounded-cpm", "ambient-corrected", "duplicated-genes"],
+)
+def test_corpus_and_validate_anndata_refuse_the_same_inputs(tmp_path, kang, change, message):
+    import anndata as ad
+
+    from scfm.data.validate import InputValidationError, validate_anndata
+
+    path = _variant(tmp_path, kang, "v", change)
+    with pytest.raises(InputValidationError, match=message):
+        validate_anndata(ad.read_h5ad(path))
+    man = build_corpus(_cfg(tmp_path / "c", [H5ADSource(paths=[path])])).manifest
+    (q,) = man.quarantined
+    assert q.stage == "validate" and re.search(message, q.error), q.error
+    assert man.datasets == []
+
+
+def test_lowercase_human_symbols_are_not_taken_for_mouse(tmp_path, kang):
+    import anndata as ad
+    import numpy as np
+
+    from scfm.data.validate import validate_anndata
+
+    lower = _variant(tmp_path, kang, "lower", _lowercase)
+    upper = _variant(tmp_path, kang, "upper", lambda a, rng: None)
+    assert validate_anndata(ad.read_h5ad(lower)).report.fraction_genes_mapped > 0.5
+    man = build_corpus(_cfg(tmp_path / "cl", [H5ADSource(paths=[lower])])).manifest
+    assert man.quarantined == [] and man.totals["n_cells_kept"] > 0
+    build_corpus(_cfg(tmp_path / "cu", [H5ADSource(paths=[upper])]))
+    a, b = corpus_frame(str(tmp_path / "cl")), corpus_frame(str(tmp_path / "cu"))
+    assert a["cell_id"].tolist() == b["cell_id"].tolist()
+    assert all(np.array_equal(x, y) for x, y in zip(a["gene_idx"], b["gene_idx"], strict=True))
+    assert all(np.array_equal(x, y) for x, y in zip(a["counts"], b["counts"], strict=True))
