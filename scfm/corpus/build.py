@@ -166,6 +166,7 @@ class BuildResult:
     units_reused: int
     seconds: float
     unit_results: list[UnitResult] = field(default_factory=list, repr=False)
+    mlflow_error: str = ""  # set when MLflow failed after the commit (the corpus is complete)
 
     @property
     def mlflow_run_id(self) -> str:

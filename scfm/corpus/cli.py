@@ -82,6 +82,11 @@ def _run(refresh: bool, sources, options: dict) -> None:
         + (f", MLflow run {result.mlflow_run_id}" if result.mlflow_run_id else "")
         + ")"
     )
+    if result.mlflow_error:
+        console.print(
+            f"[yellow]committed; logging to MLflow failed ({result.mlflow_error[:200]}): the "
+            "corpus is complete, its MLflow run may be incomplete[/yellow]"
+        )
     if result.manifest.failed:
         console.print(
             f"[red]{len(result.manifest.failed)} data set(s) failed for infrastructure reasons "

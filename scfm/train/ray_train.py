@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import logging
 import tempfile
-import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -118,24 +117,28 @@ def _write_checkpoint(
 
 
 class _RankZeroTracker:
-    """Logs worker metrics to the driver's MLflow run, from rank 0 only."""
+    """Logs worker metrics to the driver's MLflow run, from rank 0 only, without blocking.
+
+    Metrics go through :class:`scfm.tracking.AsyncMetricLogger`: buffered, sent by a
+    background thread, kept and retried while the server is unreachable, flushed on close.
+    """
 
     def __init__(self, mlflow_cfg: dict | None, rank: int):
-        self.client = None
+        self.logger = None
         if mlflow_cfg and rank == 0:
-            from mlflow import MlflowClient
+            from scfm.tracking import AsyncMetricLogger
 
-            self.client = MlflowClient(tracking_uri=mlflow_cfg["tracking_uri"])
-            self.run_id = mlflow_cfg["run_id"]
+            self.logger = AsyncMetricLogger(
+                mlflow_cfg["tracking_uri"],
+                mlflow_cfg["run_id"],
+                flush_timeout_s=float(mlflow_cfg.get("flush_timeout_s", 300.0)),
+            )
 
     def log(self, metrics: dict[str, float], step: int) -> None:
-        if self.client is None:
-            return
-        from mlflow.entities import Metric
-
-        now = int(time.time() * 1000)
-        batch = [Metric(k, float(v), now, step) for k, v in metrics.items() if k != "step"]
-        self.client.log_batch(self.run_id, metrics=batch)
+        if self.logger is not None:
+            self.logger.log({k: v for k, v in metrics.items() if k != "step"}, step)
 
     def close(self) -> None:
-        self.client = None
+        if self.logger is not None:
+            self.logger.close()
+            self.logger = None
