@@ -22,10 +22,10 @@ from scfm.model.checkpoint import read_checkpoint, save_checkpoint
 from scfm.model.xtrimogene import XTrimoGene
 from scfm.train.config import PretrainConfig
 from scfm.train.loop import CheckpointPayload, TrainState, fit
+from scfm.train.resume import TRAIN_STATE_FILE, write_complete_marker
 
 logger = logging.getLogger(__name__)
 
-TRAIN_STATE_FILE = "train_state.pt"
 # test hooks see every report: (metrics, step, restored, rank, world); a recovery drill raises
 ReportHook = Callable[[dict[str, float], int, bool, int, int], None]
 
@@ -114,6 +114,7 @@ def _write_checkpoint(
     meta = {**metadata, "step": payload.state.step, "epoch": payload.state.epoch}
     save_checkpoint(folder, model, metadata=meta)
     torch.save(payload.state.to_dict(), Path(folder) / TRAIN_STATE_FILE)
+    write_complete_marker(folder, payload.state.step)  # last: lists every file with its size
 
 
 class _RankZeroTracker:
