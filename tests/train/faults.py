@@ -37,3 +37,24 @@ def progress_train_loop(path: str) -> Callable[[dict], None]:
         train_loop_per_worker(config, report_hook=hook)
 
     return loop
+
+
+def killing_train_loop(kill_at_step: int, marker: str) -> Callable[[dict], None]:
+    """A per-worker loop whose last rank SIGKILLs its own process at ``kill_at_step``, once.
+
+    The process dies as under the OOM killer (no exception, no cleanup); ``marker`` receives its
+    pid first, so the test can tell that the kill happened.
+    """
+    import os
+    import signal
+
+    def loop(config: dict) -> None:
+        def hook(metrics: dict, step: int, restored: bool, rank: int, world: int) -> None:
+            if step == kill_at_step and not restored and rank == world - 1:
+                with open(marker, "w") as f:
+                    f.write(str(os.getpid()))
+                os.kill(os.getpid(), signal.SIGKILL)
+
+        train_loop_per_worker(config, report_hook=hook)
+
+    return loop
