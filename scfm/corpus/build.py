@@ -26,7 +26,13 @@ from datetime import UTC, datetime
 from scfm import __version__
 from scfm.cli_options import option
 from scfm.corpus import manifest as mf
-from scfm.corpus.execute import HIST_EDGES, UnitContext, run_local, run_ray
+from scfm.corpus.execute import (  # noqa: F401 - check_output_reachable: part of this API
+    HIST_EDGES,
+    UnitContext,
+    check_output_reachable,
+    run_local,
+    run_ray,
+)
 from scfm.corpus.harmonize import SCHEMA
 from scfm.corpus.lease import Lease
 from scfm.corpus.manifest import DatasetRecord, Manifest, QuarantineRecord, UnitResult
@@ -224,10 +230,6 @@ def _run_units(plan: BuildPlan, cfg: BuildConfig) -> list[UnitResult]:
     )
     if cfg.executor == "local":
         return run_local(pending, plan.fingerprints, ctx)
-    from scfm.runtime import ensure_ray
-
-    ensure_ray(cfg.ray_address)
-    check_output_reachable(cfg.output, _n_ray_nodes())
     return run_ray(
         pending,
         plan.fingerprints,
@@ -237,27 +239,6 @@ def _run_units(plan: BuildPlan, cfg: BuildConfig) -> list[UnitResult]:
         progress=cfg.progress,
         crash_retries=cfg.crash_retries,
     )
-
-
-def _n_ray_nodes() -> int:
-    import ray
-
-    return sum(1 for n in ray.nodes() if n.get("Alive"))
-
-
-def check_output_reachable(output: str, n_nodes: int) -> None:
-    """Refuse a plain local output path when Ray workers may run on other nodes.
-
-    Each node would write its blocks to its own disk and the manifest would list shards the
-    driver's machine does not have. An explicit ``file://`` URI is taken as a shared mount.
-    """
-    if n_nodes > 1 and "://" not in output:
-        raise ValueError(
-            f"output {output!r} is a local path, but the Ray cluster has {n_nodes} nodes: "
-            "workers on other nodes would write shards to their own disks. Use an object store "
-            "URI (-o s3://bucket/corpus) or, for a mount shared by every node, an explicit "
-            f"file:// URI (-o file://{absolute_uri(output)})."
-        )
 
 
 def _assemble(

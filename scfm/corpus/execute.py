@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import resource
 import time
 import traceback
@@ -205,6 +206,27 @@ def _ray_unit_batch(batch, sources: dict, fps: dict, ctx: UnitContext):
     return {"result": np.array(out, dtype=object)}
 
 
+def _n_ray_nodes() -> int:
+    import ray
+
+    return sum(1 for n in ray.nodes() if n.get("Alive"))
+
+
+def check_output_reachable(output: str, n_nodes: int) -> None:
+    """Refuse a plain local output path when Ray workers may run on other nodes.
+
+    Each node would write its blocks to its own disk and the manifest would list shards the
+    driver's machine does not have. An explicit ``file://`` URI is taken as a shared mount.
+    """
+    if n_nodes > 1 and "://" not in output:
+        raise ValueError(
+            f"output {output!r} is a local path, but the Ray cluster has {n_nodes} nodes: "
+            "workers on other nodes would write shards to their own disks. Use an object store "
+            "URI (-o s3://bucket/corpus) or, for a mount shared by every node, an explicit "
+            f"file:// URI (-o file://{os.path.abspath(output)})."
+        )
+
+
 def crashed_result(unit: WorkUnit, fp: str, ctx: UnitContext, attempts: int) -> UnitResult:
     """The result of a unit whose worker process died on every attempt (no Python exception)."""
     return UnitResult(
@@ -242,6 +264,7 @@ def run_ray(
     from ray.data import DataContext
 
     ensure_ray(ray_address)
+    check_output_reachable(ctx.output, _n_ray_nodes())  # ctx.output: absolute, from the driver
     data_ctx = DataContext.get_current()
     saved = data_ctx.enable_progress_bars, data_ctx.max_errored_blocks
     data_ctx.enable_progress_bars = progress
