@@ -9,6 +9,9 @@ h5ad CSC                   column chunks of at most :data:`CHUNK_NNZ` stored val
 h5ad dense                 ``X[start:stop]``.
 10x ``.h5``                Cell Ranger stores genes × cells CSC, so a block of cells is a
                            contiguous ``indptr`` slice: the block only.
+10x MEX                    the coordinate file streamed in chunks of :data:`MEX_CHUNK_LINES`
+                           entries, keeping the block's cells (memory: one chunk plus the block;
+                           the text is parsed once per block).
 =========================  ================================================================
 """
 
@@ -20,6 +23,7 @@ import h5py
 import numpy as np
 import scipy.sparse as sp
 
+MEX_CHUNK_LINES = 1_000_000  # coordinate lines parsed at a time
 CHUNK_NNZ = 1_000_000  # stored values per column chunk of a CSC matrix (~8 MB read at a time)
 
 
@@ -114,3 +118,54 @@ def read_10x_h5_rows(
             shape=(stop - start, n_genes),
         )
     return X[:, columns] if columns is not None and not columns.all() else X
+
+
+def read_mex_rows(
+    mtx: str | Path, start: int, stop: int, n_genes: int, n_cells: int, columns: np.ndarray
+) -> sp.csr_matrix:
+    """Cells ``[start, stop)`` of a MatrixMarket coordinate file (genes × cells, 1-based) as CSR.
+
+    ``columns``: boolean mask of the features kept. Raises ``ValueError`` when the header's size
+    is not ``n_genes × n_cells`` (the features / barcodes files).
+    """
+    import gzip
+
+    import pandas as pd
+
+    path = Path(mtx)
+    opener = gzip.open if path.name.endswith(".gz") else open
+    rows, cols, vals = [], [], []
+    with opener(path, "rt") as fh:
+        line = fh.readline()
+        while line.startswith("%"):
+            line = fh.readline()
+        g, c, _ = (int(x) for x in line.split())
+        if (g, c) != (n_genes, n_cells):
+            raise ValueError(
+                f"{path}: matrix is {g} genes × {c} cells but there are {n_genes} features and "
+                f"{n_cells} barcodes"
+            )
+        reader = pd.read_csv(
+            fh, sep=" ", header=None, names=["g", "c", "v"], chunksize=MEX_CHUNK_LINES,
+            dtype={"g": np.int32, "c": np.int64, "v": np.float64},
+        )  # fmt: skip
+        for chunk in reader:
+            cell = chunk["c"].to_numpy()
+            keep = np.flatnonzero((cell > start) & (cell <= stop))
+            if len(keep):
+                rows.append(cell[keep] - 1 - start)
+                cols.append(chunk["g"].to_numpy()[keep] - 1)
+                vals.append(chunk["v"].to_numpy()[keep])
+    data = np.concatenate(vals) if vals else np.zeros(0)
+    out = sp.csr_matrix(
+        (
+            _integral(data),
+            (
+                np.concatenate(rows) if rows else np.zeros(0, np.int64),
+                np.concatenate(cols) if cols else np.zeros(0, np.int64),
+            ),
+        ),
+        shape=(stop - start, n_genes),
+    )
+    out.sum_duplicates()
+    return out[:, columns] if not columns.all() else out

@@ -528,11 +528,11 @@ class FileSource(Source):
     def _handle(self, path: Path) -> _FileHandle:
         """Names, metadata and a row-block reader of one input (one open input per process).
 
-        h5ad (``X``, ``raw`` or a layer) and 10x ``.h5`` blocks are read from disk block by
-        block (:mod:`scfm.corpus.blockread`); a 10x MEX directory is read whole (text).
+        h5ad (``X``, ``raw`` or a layer), 10x ``.h5`` and MEX blocks are read from disk block by
+        block (:mod:`scfm.corpus.blockread`).
         """
         from scfm.corpus import blockread
-        from scfm.data.io import read_counts, tenx_h5_meta
+        from scfm.data.io import read_counts, tenx_h5_meta, tenx_mtx_meta
 
         key = (str(path), os.path.getmtime(path), self.layer, self.genome, os.getpid())
         handle = _FILE_CACHE.get(key)
@@ -565,12 +565,13 @@ class FileSource(Source):
             def read(start: int, stop: int) -> sp.csr_matrix:
                 return blockread.read_10x_h5_rows(path, group, start, stop, columns)
 
-        else:  # 10x MEX: text, read whole
-            adata = read_counts(path, genome=self.genome)
-            obs, genes, whole = adata.obs, adata.var_names, sp.csr_matrix(adata.X)
+        else:  # 10x MEX: the coordinate file, streamed per block
+            mtx, barcodes, var, columns = tenx_mtx_meta(path)
+            obs, genes = pd.DataFrame(index=pd.Index(barcodes, dtype=str)), var.index
+            n_features, n_cells = len(columns), len(barcodes)
 
             def read(start: int, stop: int) -> sp.csr_matrix:
-                return whole[start:stop]
+                return blockread.read_mex_rows(mtx, start, stop, n_features, n_cells, columns)
 
         handle = _FileHandle(obs, np.asarray(genes, dtype=str), read)
         _FILE_CACHE.clear()  # one open input per worker: bounded memory

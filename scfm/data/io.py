@@ -204,6 +204,28 @@ def tenx_h5_meta(
     return name, barcodes, var[keep], keep
 
 
+def tenx_mtx_meta(directory: str | Path) -> tuple[Path, np.ndarray, pd.DataFrame, np.ndarray]:
+    """Layout of a MEX directory without its matrix: ``(matrix file, barcodes, var, columns)``.
+
+    ``columns`` masks the features kept (Gene Expression only, as :func:`read_10x_mtx`).
+    """
+    d = Path(directory)
+    mtx = _first_existing(d, ["matrix.mtx"])
+    features = _first_existing(d, ["features.tsv", "genes.tsv"])
+    barcodes = _first_existing(d, ["barcodes.tsv"])
+    try:
+        feat = pd.read_csv(features, sep="\t", header=None, dtype=str)
+        bc = pd.read_csv(barcodes, sep="\t", header=None, dtype=str)[0]
+    except (OSError, ValueError, EOFError, IndexError) as exc:
+        raise CorruptInputError(f"cannot read 10x directory {d}: {exc}") from exc
+    var = pd.DataFrame({"gene_symbols": feat[1].to_numpy()}, index=feat[0].to_numpy())
+    keep = np.ones(len(var), dtype=bool)
+    if feat.shape[1] > 2:
+        var["feature_types"] = feat[2].to_numpy()
+        keep = var["feature_types"].to_numpy() == "Gene Expression"
+    return mtx, bc.to_numpy(), var[keep], keep
+
+
 def read_10x_h5(path: str | Path, *, genome: str | None = None) -> ad.AnnData:
     """Read a Cell Ranger HDF5 file (v2 per-genome groups or v3 ``matrix`` group)."""
     p = Path(path)

@@ -52,6 +52,36 @@ def test_10x_h5_blocks_equal_the_whole_matrix():
         _same(read_10x_h5_rows(path, group, start, stop, columns), whole.X[start:stop])
 
 
+@pytest.mark.parametrize("gz", [True, False])
+def test_10x_mex_blocks_equal_the_whole_matrix(tmp_path, monkeypatch, gz):
+    import gzip
+    import shutil
+
+    import scfm.corpus.blockread as br
+    from scfm.corpus.blockread import read_mex_rows
+    from scfm.data.io import read_10x_mtx, tenx_mtx_meta
+
+    monkeypatch.setattr(br, "MEX_CHUNK_LINES", 4_000)  # many chunks
+    src = datasets.fetch_dir("tenx_v3_mex")
+    d = tmp_path / "mex"
+    shutil.copytree(src, d)
+    if not gz:
+        with gzip.open(d / "matrix.mtx.gz", "rb") as f:
+            (d / "matrix.mtx").write_bytes(f.read())
+        (d / "matrix.mtx.gz").unlink()
+    whole = read_10x_mtx(d)
+    mtx, barcodes, var, columns = tenx_mtx_meta(d)
+    assert list(barcodes) == list(whole.obs_names) and list(var.index) == list(whole.var_names)
+    n = whole.n_obs
+    for start in range(0, n, 400):
+        stop = min(start + 400, n)
+        block = read_mex_rows(mtx, start, stop, len(columns), len(barcodes), columns)
+        _same(block, whole.X[start:stop])
+        assert block.dtype == whole.X.dtype  # integer counts stay integers
+    with pytest.raises(ValueError, match=r"1107 cells but there are 507 features and 1000"):
+        read_mex_rows(mtx, 0, 10, len(columns), 1000, columns)
+
+
 def test_a_layer_is_read_per_block_and_equals_x(tmp_path):
     from scfm.corpus.build import BuildConfig, build_corpus
     from scfm.corpus.qc import QCConfig
