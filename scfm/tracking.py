@@ -171,3 +171,154 @@ def register_artifact(run: Any, artifact_path: str, name: str, description: str 
         name, source=f"{run.info.artifact_uri}/{artifact_path}", run_id=run.info.run_id
     )
     return f"models:/{name}/{version.version}"
+
+
+class AsyncMetricLogger:
+    """Metrics of one run, buffered and sent by a background thread; the caller never waits.
+
+    :meth:`log` appends to an in-memory queue and returns. A thread sends batches
+    (``MlflowClient.log_batch``, at most 1,000 metrics each) every ``interval_s``. When the
+    tracking server is unreachable it logs one warning, keeps the metrics, and retries with a
+    backoff up to ``max_backoff_s``; once a batch goes through again it says so and catches up.
+    :meth:`close` flushes, waiting up to ``flush_timeout_s``; what still cannot be sent then is
+    written to ``unsent_dir/mlflow-unsent-<run_id>.jsonl`` (one metric per line) and named in a
+    warning, so nothing is lost silently. At most ``max_buffer`` metrics wait in memory (the
+    oldest are written to that file beyond it).
+
+    The client's own per-request retries are turned off (``MLFLOW_HTTP_REQUEST_MAX_RETRIES=0``
+    unless set) in this process: this loop retries, without blocking anyone.
+    """
+
+    BATCH = 1000
+
+    def __init__(
+        self,
+        tracking_uri: str,
+        run_id: str,
+        *,
+        interval_s: float = 2.0,
+        max_backoff_s: float = 30.0,
+        flush_timeout_s: float = 300.0,
+        max_buffer: int = 1_000_000,
+        unsent_dir: str | None = None,
+    ):
+        import collections
+        import threading
+
+        from mlflow import MlflowClient
+
+        os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
+        os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "10")
+        self.client = MlflowClient(tracking_uri=tracking_uri)
+        self.tracking_uri, self.run_id = tracking_uri, run_id
+        self.interval_s, self.max_backoff_s = interval_s, max_backoff_s
+        self.flush_timeout_s, self.max_buffer = flush_timeout_s, max_buffer
+        self.unsent_dir = unsent_dir or os.getcwd()
+        self._queue: collections.deque = collections.deque()
+        self._lock = threading.Lock()
+        self._wake = threading.Event()
+        self._closing = threading.Event()
+        self._down_since: float | None = None
+        self.n_sent = 0
+        self.n_failures = 0
+        self._thread = threading.Thread(target=self._run, name="mlflow-metrics", daemon=True)
+        self._thread.start()
+
+    def log(self, metrics: Mapping[str, float], step: int) -> None:
+        """Queue finite numeric metrics of ``step`` (returns at once)."""
+        import time
+
+        from mlflow.entities import Metric
+
+        now = int(time.time() * 1000)
+        batch = [
+            Metric(k.replace(":", "_"), float(v), now, int(step))
+            for k, v in flatten(metrics).items()
+            if not isinstance(v, bool) and isinstance(v, int | float) and math.isfinite(v)
+        ]
+        with self._lock:
+            self._queue.extend(batch)
+            overflow = len(self._queue) - self.max_buffer
+            dropped = [self._queue.popleft() for _ in range(max(overflow, 0))]
+        if dropped:
+            self._write_unsent(dropped)
+
+    @property
+    def pending(self) -> int:
+        with self._lock:
+            return len(self._queue)
+
+    def _take(self) -> list:
+        with self._lock:
+            return [self._queue[i] for i in range(min(self.BATCH, len(self._queue)))]
+
+    def _drop(self, n: int) -> None:
+        with self._lock:
+            for _ in range(n):
+                self._queue.popleft()
+
+    def _send_pending(self) -> bool:
+        """Send everything queued now; False (and keep it) when the server does not take it."""
+        import time
+
+        while batch := self._take():
+            try:
+                self.client.log_batch(self.run_id, metrics=batch)
+            except Exception as exc:  # noqa: BLE001 - any failure: keep the metrics, retry later
+                self.n_failures += 1
+                if self._down_since is None:
+                    self._down_since = time.monotonic()
+                    logger.warning(
+                        "MLflow at %s is not taking metrics (%s: %s); training goes on, metrics "
+                        "are kept and sent when it is back",
+                        self.tracking_uri, type(exc).__name__, str(exc)[:200],
+                    )  # fmt: skip
+                return False
+            self._drop(len(batch))
+            self.n_sent += len(batch)
+            if self._down_since is not None:
+                logger.warning(
+                    "MLflow at %s is back after %.0f s; sending the buffered metrics",
+                    self.tracking_uri, time.monotonic() - self._down_since,
+                )  # fmt: skip
+                self._down_since = None
+        return True
+
+    def _run(self) -> None:
+        backoff = self.interval_s
+        while not self._closing.is_set():
+            self._wake.wait(backoff)
+            self._wake.clear()
+            ok = self._send_pending()
+            backoff = self.interval_s if ok else min(backoff * 2, self.max_backoff_s)
+
+    def close(self) -> int:
+        """Flush (waiting up to ``flush_timeout_s``) and stop; returns the metrics not sent."""
+        import time
+
+        self._closing.set()
+        self._wake.set()
+        self._thread.join()
+        deadline = time.monotonic() + self.flush_timeout_s
+        backoff = 0.5
+        while not self._send_pending() and time.monotonic() < deadline:
+            time.sleep(min(backoff, max(deadline - time.monotonic(), 0)))
+            backoff = min(backoff * 2, self.max_backoff_s)
+        with self._lock:
+            left = list(self._queue)
+            self._queue.clear()
+        if left:
+            self._write_unsent(left)
+        return len(left)
+
+    def _write_unsent(self, metrics: list) -> None:
+        path = Path(self.unsent_dir) / f"mlflow-unsent-{self.run_id}.jsonl"
+        with open(path, "a") as f:
+            for m in metrics:
+                f.write(json.dumps({"key": m.key, "value": m.value, "step": m.step,
+                                    "timestamp": m.timestamp}) + "\n")  # fmt: skip
+        logger.warning(
+            "%d metrics could not be sent to MLflow at %s; written to %s (log them with "
+            "MlflowClient().log_batch when the server is back)",
+            len(metrics), self.tracking_uri, path,
+        )  # fmt: skip

@@ -26,16 +26,35 @@ from datetime import UTC, datetime
 from scfm import __version__
 from scfm.cli_options import option
 from scfm.corpus import manifest as mf
-from scfm.corpus.execute import HIST_EDGES, UnitContext, run_local, run_ray
+from scfm.corpus.execute import (  # noqa: F401 - check_output_reachable: part of this API
+    HIST_EDGES,
+    UnitContext,
+    check_output_reachable,
+    run_local,
+    run_ray,
+)
 from scfm.corpus.harmonize import SCHEMA
+from scfm.corpus.lease import Lease
 from scfm.corpus.manifest import DatasetRecord, Manifest, QuarantineRecord, UnitResult
 from scfm.corpus.plan import BuildPlan, ContentSettings, corpus_fingerprint, plan_build
 from scfm.corpus.qc import DROP_REASONS, QCConfig
-from scfm.corpus.shards import TMP_MARK, UNIT_DIR, join, list_files, resolve, unit_key
+from scfm.corpus.shards import (
+    TMP_MARK,
+    UNIT_DIR,
+    absolute_uri,
+    join,
+    list_files,
+    resolve,
+    unit_key,
+    verify_shards,
+)
 from scfm.corpus.sources import Source
 from scfm.data.validate import DEFAULT_MIN_MAPPED_FRACTION
 
 logger = logging.getLogger(__name__)
+
+EXIT_QUARANTINED = 1  # --strict and an input was quarantined
+EXIT_FAILED = 75  # EX_TEMPFAIL: a data set failed for infrastructure reasons; run again
 
 
 @dataclass
@@ -62,10 +81,23 @@ class BuildConfig:
         Reuse unchanged data sets of the newest manifest; process only new or changed ones.
     strict
         Exit code 1 when any input was quarantined.
+    retries, retry_backoff_s
+        Infrastructure failures of a block (timeouts, connection and object-store errors,
+        ``MemoryError``) are retried this many times, waiting ``retry_backoff_s`` · 2^k; a data
+        set whose block still fails is reported as failed for this run (exit code
+        :data:`EXIT_FAILED`) and tried again by the next build or refresh.
+    crash_retries
+        A block whose Ray worker process dies (segfault, OOM killer) is retried this many times,
+        then its data set is quarantined with ``worker crashed (exit: …)``; the job goes on.
     resume
         Reuse finished blocks of an interrupted run (``_units/`` checkpoints).
     keep_versions
-        Shards referenced by the newest ``keep_versions`` manifests survive garbage collection.
+        The newest ``keep_versions`` manifests and their shards survive garbage collection;
+        older manifests are retired (deleted) before their shards.
+    lease_ttl_s
+        The build holds a lease on the output (``_lease.json``), refreshed every third of this;
+        a second build or refresh of the same output stops with the holder's host and pid. A
+        lease not refreshed for this long (its writer died) is broken with a warning.
     mlflow
         Log the build as a run in MLflow experiment ``corpus`` (done by the caller of
         :func:`build_corpus`, see ``scfm.corpus.build_report.build_and_log``).
@@ -86,7 +118,11 @@ class BuildConfig:
     refresh: bool = False
     strict: bool = option(False, "Exit 1 if any input was quarantined.")
     resume: bool = option(True, "Reuse blocks finished by an interrupted run.")
-    keep_versions: int = option(2, "Manifests whose shards garbage collection keeps.")
+    retries: int = option(2, "Retries of a block after an infrastructure failure.")
+    retry_backoff_s: float = option(1.0, "First retry delay in seconds (doubles each retry).")
+    crash_retries: int = option(2, "Retries of a block whose worker process died (Ray).")
+    keep_versions: int = option(2, "Manifests (and their shards) garbage collection keeps.")
+    lease_ttl_s: float = option(600.0, "Writer lease on the output: expiry, refreshed at 1/3.")
     mlflow: bool = option(True, "Log the run to MLflow experiment 'corpus'.")
     run_name: str | None = option(None, "MLflow run name (default: kind and version).")
     executor: str = option("ray", "'ray' (local or RAY_ADDRESS) or 'local'.")
@@ -136,6 +172,7 @@ class BuildResult:
     units_reused: int
     seconds: float
     unit_results: list[UnitResult] = field(default_factory=list, repr=False)
+    mlflow_error: str = ""  # set when MLflow failed after the commit (the corpus is complete)
 
     @property
     def mlflow_run_id(self) -> str:
@@ -181,13 +218,15 @@ def _run_units(plan: BuildPlan, cfg: BuildConfig) -> list[UnitResult]:
     if not pending:
         return []
     ctx = UnitContext(
-        cfg.output,
+        absolute_uri(cfg.output),  # resolved here, once: workers may have another cwd
         cfg.block_cells,
         cfg.qc,
         cfg.val_fraction,
         cfg.min_mapped_fraction,
         cfg.max_cells_per_shard,
         cfg.compression,
+        cfg.retries,
+        cfg.retry_backoff_s,
     )
     if cfg.executor == "local":
         return run_local(pending, plan.fingerprints, ctx)
@@ -198,35 +237,49 @@ def _run_units(plan: BuildPlan, cfg: BuildConfig) -> list[UnitResult]:
         ray_address=cfg.ray_address,
         num_cpus_per_unit=cfg.num_cpus_per_unit,
         progress=cfg.progress,
+        crash_retries=cfg.crash_retries,
     )
 
 
 def _assemble(
     plan: BuildPlan, results: list[UnitResult]
-) -> tuple[list[DatasetRecord], list[QuarantineRecord]]:
-    """Records of the processed data sets; a data set with any failed block is quarantined."""
+) -> tuple[list[DatasetRecord], list[QuarantineRecord], list[QuarantineRecord]]:
+    """Records, quarantined inputs and failed-this-run data sets of a build.
+
+    A data set with a block that failed on its data (``status="error"``) is quarantined; one
+    whose block failed for infrastructure reasons (``status="failed"``, retries exhausted) is
+    reported in ``failed`` and keeps the previous version's record if there is one.
+    """
     by_key = {r.key: r for r in results} | plan.resumed
-    records, quarantined = list(plan.reused), list(plan.quarantined)
+    records, quarantined, failed = list(plan.reused), list(plan.quarantined), []
+    previous = {(d.source, d.dataset_id): d for d in (plan.parent.datasets if plan.parent else [])}
     for d in plan.to_process:
         unit_res = [by_key.get(unit_key(u, d.fingerprint, plan.block_cells)) for u in d.units]
-        failed = [r for r in unit_res if r is None or not r.ok]
-        if failed:
-            err = failed[0]
-            stage, error = (err.stage, err.error) if err else ("run", "block result missing")
-            quarantined.append(
-                QuarantineRecord(
-                    d.ref.source, d.ref.dataset_id, d.ref.version, d.fingerprint, stage, error,
-                    d.ref.info,
-                )
-            )  # fmt: skip
+        bad = [r for r in unit_res if r is None or not r.ok]
+        if not bad:
+            records.append(_dataset_record(d, unit_res))
             continue
-        records.append(_dataset_record(d, unit_res))
+        verdicts = [r for r in bad if r is not None and r.status == "error"]
+        err = verdicts[0] if verdicts else bad[0]
+        stage, error = (err.stage, err.error) if err else ("run", "block result missing")
+        rec = QuarantineRecord(
+            d.ref.source, d.ref.dataset_id, d.ref.version, d.fingerprint, stage, error, d.ref.info
+        )
+        if verdicts:
+            quarantined.append(rec)
+            continue
+        failed.append(rec)
+        old = previous.get((d.ref.source, d.ref.dataset_id))
+        if old is not None and old.fingerprint == d.fingerprint:
+            # serve the previous version (same settings) until this one can be read
+            records.append(old)
     records.sort(key=lambda r: (r.source, r.dataset_id))
     quarantined.sort(key=lambda q: (q.source, q.dataset_id))
-    return records, quarantined
+    failed.sort(key=lambda q: (q.source, q.dataset_id))
+    return records, quarantined, failed
 
 
-def _totals(records: list[DatasetRecord], n_quarantined: int) -> dict:
+def _totals(records: list[DatasetRecord], n_quarantined: int, n_failed: int = 0) -> dict:
     dropped = dict.fromkeys(DROP_REASONS, 0)
     for rec in records:
         for k, v in rec.dropped.items():
@@ -236,6 +289,7 @@ def _totals(records: list[DatasetRecord], n_quarantined: int) -> dict:
     return {
         "n_datasets": len(records),
         "n_quarantined": n_quarantined,
+        "n_failed": n_failed,
         "n_cells_in": sum(d.n_cells_in for d in records),
         "n_cells_kept": n_kept,
         "n_cells_train": n_kept - n_val,
@@ -259,19 +313,28 @@ def build_corpus(cfg: BuildConfig, *, mlflow_run_id: str = "") -> BuildResult:
     Returns
     -------
     BuildResult
-        The committed manifest, its path, and the exit code (1 only with ``strict`` and a
-        quarantined input).
+        The committed manifest, its path, and the exit code: :data:`EXIT_FAILED` (75) when a
+        data set failed for infrastructure reasons, 1 with ``strict`` and a quarantined input,
+        else 0.
     """
-    from scfm.data.genes import GeneVocab
-
     t_start = time.perf_counter()
     fs, root = resolve(cfg.output)
     fs.create_dir(root, recursive=True)
+    with Lease(fs, root, ttl_s=cfg.lease_ttl_s) as lease:
+        return _build_leased(cfg, fs, root, lease, mlflow_run_id, t_start)
+
+
+def _build_leased(
+    cfg: BuildConfig, fs, root: str, lease: Lease, mlflow_run_id: str, t_start: float
+) -> BuildResult:
+    from scfm.data.genes import GeneVocab
+
     vocab = GeneVocab.load()
     parent = mf.load_manifest(fs, root)
     versions = mf.list_versions(fs, root)
+    sources = [s.pinned() for s in cfg.sources]  # aliases resolved once, here
     plan = plan_build(
-        cfg.sources,
+        sources,
         cfg.content(),
         fs=fs,
         root=root,
@@ -284,7 +347,12 @@ def build_corpus(cfg: BuildConfig, *, mlflow_run_id: str = "") -> BuildResult:
     )
     logger.info(plan.summary())
     results = _run_units(plan, cfg)
-    records, quarantined = _assemble(plan, results)
+    records, quarantined, failed = _assemble(plan, results)
+    for f in failed:
+        logger.warning(
+            "%s:%s failed this run at %s (%s); it will be tried again by the next run",
+            f.source, f.dataset_id, f.stage, f.error,
+        )  # fmt: skip
     histograms: dict = {}
     for rec in records:
         _sum_hist(histograms, rec.qc_hist)
@@ -305,9 +373,12 @@ def build_corpus(cfg: BuildConfig, *, mlflow_run_id: str = "") -> BuildResult:
         sources=plan.sources,
         datasets=records,
         quarantined=quarantined,
+        failed=failed,
         changes=plan.changes,
-        totals=_totals(records, len(quarantined)),
+        totals=_totals(records, len(quarantined), len(failed)),
     )
+    verify_shards(fs, root, [s for rec in records for s in rec.shards])  # before the commit
+    lease.check()  # still the only writer
     path = mf.commit_manifest(fs, root, manifest)
     logger.info(
         "committed %s: %d cells kept of %d",
@@ -319,7 +390,7 @@ def build_corpus(cfg: BuildConfig, *, mlflow_run_id: str = "") -> BuildResult:
     return BuildResult(
         manifest=manifest,
         manifest_path=path,
-        exit_code=1 if (cfg.strict and quarantined) else 0,
+        exit_code=_exit_code(cfg, quarantined, failed),
         histograms=histograms,
         units_processed=len(results),
         units_reused=len(plan.resumed),
@@ -328,15 +399,30 @@ def build_corpus(cfg: BuildConfig, *, mlflow_run_id: str = "") -> BuildResult:
     )
 
 
-def collect_garbage(fs, root: str, keep_versions: int = 2) -> int:
-    """Delete unit checkpoints, temporary files and shards no kept manifest lists.
+def _exit_code(cfg: BuildConfig, quarantined: list, failed: list) -> int:
+    if failed:
+        return EXIT_FAILED
+    return EXIT_QUARANTINED if (cfg.strict and quarantined) else 0
 
-    Run after a commit (by :func:`build_corpus`). Returns the number of files removed.
+
+def collect_garbage(fs, root: str, keep_versions: int = 2) -> int:
+    """Retire old manifests, then delete files no kept manifest lists.
+
+    Keeps the newest ``keep_versions`` manifests and every shard they list; deletes older
+    manifests first (so no manifest ever lists a deleted shard), then unit checkpoints,
+    temporary files and unlisted shards. Run by :func:`build_corpus` after a commit, under the
+    writer lease (no other writer's files are in flight). Returns the number of files removed.
     """
+    versions = mf.list_versions(fs, root)
+    kept = versions[-max(keep_versions, 1) :]
     keep: set[str] = set()
-    for v in mf.list_versions(fs, root)[-max(keep_versions, 1) :]:
+    for v in kept:
         keep.update(mf.load_manifest(fs, root, v).shard_paths())
     removed = 0
+    for v in versions[: len(versions) - len(kept)]:
+        fs.delete_file(mf.manifest_path(root, v))
+        logger.info("retired corpus version %d (keep_versions=%d)", v, keep_versions)
+        removed += 1
     for rel in list_files(fs, root, UNIT_DIR):
         fs.delete_file(join(root, rel))
         removed += 1
@@ -376,6 +462,20 @@ def summary_rows(manifest: Manifest) -> list[dict]:
                 "genes_mapped": "",
                 "shards": 0,
                 "note": f"{q.stage}: {q.error}"[:120],
+            }
+        )
+    for f in manifest.failed:
+        rows.append(
+            {
+                "source": f.source,
+                "dataset": f.dataset_id,
+                "status": "failed (retry)",
+                "in": 0,
+                "kept": 0,
+                "dropped": 0,
+                "genes_mapped": "",
+                "shards": 0,
+                "note": f"{f.stage}: {f.error}"[:120],
             }
         )
     return rows

@@ -89,14 +89,46 @@ def build_and_log(cfg: BuildConfig) -> BuildResult:
 
     if not cfg.mlflow:
         return build_corpus(cfg)
+    from scfm.corpus.lease import check_free
+    from scfm.corpus.shards import resolve
+
+    check_free(*resolve(cfg.output))  # before opening a run that could not be filled
     tags = {
         "scfm.corpus_uri": cfg.output,
         "scfm.corpus_kind": "refresh" if cfg.refresh else "build",
     }
-    with tracking.start_run("corpus", run_name=cfg.run_name, tags=tags) as run:
-        result = build_corpus(cfg, mlflow_run_id=run.info.run_id)
-        log_build(result, cfg)
+    result = None
+    try:
+        with tracking.start_run("corpus", run_name=cfg.run_name, tags=tags) as run:
+            result = build_corpus(cfg, mlflow_run_id=run.info.run_id)
+            log_build(result, cfg)
+    except Exception as exc:
+        if result is None:  # the build itself failed (or MLflow before it): nothing committed
+            raise
+        # The manifest is committed: the corpus is complete whatever MLflow does now.
+        logger.warning(
+            "corpus v%d is committed (%s), but logging it to MLflow failed: %s: %s. The corpus "
+            "is usable; its MLflow run %s may lack metrics or artifacts",
+            result.manifest.corpus_version, result.manifest_path, type(exc).__name__,
+            str(exc)[:300], result.mlflow_run_id,
+        )  # fmt: skip
+        result.mlflow_error = f"{type(exc).__name__}: {exc}"
+        _forget_active_run()
     return result
+
+
+def _forget_active_run() -> None:
+    """Leave no half-ended run active in this process (the server may still be down)."""
+    import mlflow
+
+    if mlflow.active_run() is None:
+        return
+    try:
+        mlflow.end_run("FAILED")
+    except Exception:  # noqa: BLE001 - the server is unreachable; drop the local reference
+        from mlflow.tracking import fluent
+
+        fluent._active_run_stack.get().clear()  # private, but the only way without a server
 
 
 def log_build(result: BuildResult, cfg: BuildConfig) -> None:

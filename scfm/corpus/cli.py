@@ -69,14 +69,30 @@ def _run(refresh: bool, sources, options: dict) -> None:
         cfg = build_config(BuildConfig, options, sources=sources, refresh=refresh)
     except ValueError as exc:
         raise typer.BadParameter(str(exc)) from None
-    result = build_and_log(cfg)
+    from scfm.corpus.lease import EXIT_LOCKED, LeaseHeldError
+
+    try:
+        result = build_and_log(cfg)
+    except LeaseHeldError as exc:
+        console.print(f"[red]{exc}[/red]")
+        raise typer.Exit(code=EXIT_LOCKED) from None
     print_summary(result.manifest, summary_rows(result.manifest))
     console.print(
         f"manifest: {result.manifest_path}  ({result.seconds:.1f} s"
         + (f", MLflow run {result.mlflow_run_id}" if result.mlflow_run_id else "")
         + ")"
     )
-    if result.exit_code:
+    if result.mlflow_error:
+        console.print(
+            f"[yellow]committed; logging to MLflow failed ({result.mlflow_error[:200]}): the "
+            "corpus is complete, its MLflow run may be incomplete[/yellow]"
+        )
+    if result.manifest.failed:
+        console.print(
+            f"[red]{len(result.manifest.failed)} data set(s) failed for infrastructure reasons "
+            "(see 'failed (retry)' rows); the next run retries them[/red]"
+        )
+    elif result.exit_code:
         console.print("[red]--strict: inputs were quarantined[/red]")
     raise typer.Exit(code=result.exit_code)
 

@@ -3,6 +3,10 @@
 :func:`process_unit` reads one block, validates it, maps genes, applies QC and writes its shards
 and a checkpoint. It never raises for bad input: a failure comes back as a :class:`UnitResult`
 with ``status="error"``, the stage and the message, and the driver quarantines the data set.
+Infrastructure failures (``Source.is_transient``: timeouts, connection and object-store errors,
+``MemoryError``, a store that changed since planning) are retried ``retries`` times with
+exponential backoff; if they persist the result has ``status="failed"`` and the driver reports
+the data set as failed for this run only.
 ``run_local`` calls it in-process; ``run_ray`` runs one unit per Ray Data task (no worker holds
 more than one block).
 """
@@ -11,9 +15,11 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import resource
 import time
 import traceback
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -54,6 +60,8 @@ class UnitContext:
     min_mapped_fraction: float
     max_cells_per_shard: int
     compression: str
+    retries: int = 2
+    retry_backoff_s: float = 1.0
 
 
 def _peak_rss_mb() -> float:
@@ -66,9 +74,32 @@ def _hist(values: np.ndarray, edges: list[float]) -> list[int]:
 
 
 def process_unit(source: Source, unit: WorkUnit, fp: str, ctx: UnitContext) -> UnitResult:
-    """Read, validate, harmonize, QC and write one block (see the module docstring)."""
+    """Read, validate, harmonize, QC and write one block, retrying infrastructure failures."""
+    attempt = 0
+    while True:
+        attempt += 1
+        result, exc = _process_once(source, unit, fp, ctx)
+        result.attempts = attempt
+        if exc is None or not source.is_transient(exc, result.stage):
+            return result
+        if attempt > ctx.retries:
+            result.status = "failed"
+            return result
+        delay = ctx.retry_backoff_s * 2 ** (attempt - 1)
+        logger.warning(
+            "%s:%s block %d: transient failure at %s (%s), retry %d/%d in %.1f s",
+            unit.source, unit.dataset_id, unit.block, result.stage, result.error, attempt,
+            ctx.retries, delay,
+        )  # fmt: skip
+        time.sleep(delay)
+
+
+def _process_once(
+    source: Source, unit: WorkUnit, fp: str, ctx: UnitContext
+) -> tuple[UnitResult, BaseException | None]:
+    """One attempt at a unit: its result, and the exception when it failed."""
     from scfm.data.genes import GeneVocab, gene_mapping
-    from scfm.data.validate import check_species
+    from scfm.data.validate import check_library_sizes, check_names, check_species
 
     fs, root = resolve(ctx.output)
     key = unit_key(unit, fp, ctx.block_cells)
@@ -78,10 +109,12 @@ def process_unit(source: Source, unit: WorkUnit, fp: str, ctx: UnitContext) -> U
         block = source.read(unit)
         t_read = time.perf_counter()
         stage = "validate"
+        check_names(block.gene_ids, "gene")  # as validate_anndata: duplicates are refused
         mapping = gene_mapping(GeneVocab.load(), block.gene_ids)  # cached per process
         t_map = time.perf_counter()
         check_species(mapping, ctx.min_mapped_fraction)
         rows, stats = map_block(block.X, mapping)  # one pass: vocabulary, QC sums, count checks
+        check_library_sizes(stats.total_counts, f"block {unit.block}")  # rounded CPM/TPM
         stage = "harmonize"
         hb = pack_block(
             block,
@@ -138,7 +171,7 @@ def process_unit(source: Source, unit: WorkUnit, fp: str, ctx: UnitContext) -> U
         )
         # The checkpoint comes after the shards: present ⇒ the block's shards are complete.
         atomic_write_json(fs, join(root, UNIT_DIR, f"{key}.json"), result.to_dict())
-        return result
+        return result, None
     except Exception as exc:  # noqa: BLE001 - bad inputs are quarantined, not fatal
         logger.warning(
             "%s:%s block %d failed at %s: %s", unit.source, unit.dataset_id, unit.block, stage, exc
@@ -152,7 +185,7 @@ def process_unit(source: Source, unit: WorkUnit, fp: str, ctx: UnitContext) -> U
             error=f"{type(exc).__name__}: {exc}",
             traceback=traceback.format_exc(limit=3),
             peak_rss_mb=_peak_rss_mb(),
-        )
+        ), exc
 
 
 Task = tuple[Source, WorkUnit]
@@ -173,6 +206,44 @@ def _ray_unit_batch(batch, sources: dict, fps: dict, ctx: UnitContext):
     return {"result": np.array(out, dtype=object)}
 
 
+def _n_ray_nodes() -> int:
+    import ray
+
+    return sum(1 for n in ray.nodes() if n.get("Alive"))
+
+
+def check_output_reachable(output: str, n_nodes: int) -> None:
+    """Refuse a plain local output path when Ray workers may run on other nodes.
+
+    Each node would write its blocks to its own disk and the manifest would list shards the
+    driver's machine does not have. An explicit ``file://`` URI is taken as a shared mount.
+    """
+    if n_nodes > 1 and "://" not in output:
+        raise ValueError(
+            f"output {output!r} is a local path, but the Ray cluster has {n_nodes} nodes: "
+            "workers on other nodes would write shards to their own disks. Use an object store "
+            "URI (-o s3://bucket/corpus) or, for a mount shared by every node, an explicit "
+            f"file:// URI (-o file://{os.path.abspath(output)})."
+        )
+
+
+def crashed_result(unit: WorkUnit, fp: str, ctx: UnitContext, attempts: int) -> UnitResult:
+    """The result of a unit whose worker process died on every attempt (no Python exception)."""
+    return UnitResult(
+        key=unit_key(unit, fp, ctx.block_cells),
+        unit=unit.to_dict(),
+        fingerprint=fp,
+        status="error",
+        stage="crash",
+        error=(
+            f"worker crashed (exit: the worker process died on each of {attempts} attempts at "
+            "this block, killed by a signal: the OOM killer, a segfault in a reader, or "
+            "SIGKILL; see the Ray worker logs)"
+        ),
+        attempts=attempts,
+    )
+
+
 def run_ray(
     tasks: Sequence[Task],
     fps: dict[str, str],
@@ -181,21 +252,48 @@ def run_ray(
     ray_address: str | None = None,
     num_cpus_per_unit: float = 1.0,
     progress: bool = True,
+    crash_retries: int = 2,
 ) -> list[UnitResult]:
-    """One Ray Data task per unit (``from_items`` → ``map_batches(batch_size=1)``)."""
+    """One Ray Data task per unit (``from_items`` → ``map_batches(batch_size=1)``).
+
+    A task whose worker process dies (segfault, OOM killer) is retried ``crash_retries`` times
+    (Ray Data's default is to retry forever), then dropped without failing the job; its unit
+    comes back as a ``worker crashed`` error and the driver quarantines its data set.
+    """
     import ray.data
     from ray.data import DataContext
 
     ensure_ray(ray_address)
-    DataContext.get_current().enable_progress_bars = progress
+    check_output_reachable(ctx.output, _n_ray_nodes())  # ctx.output: absolute, from the driver
+    data_ctx = DataContext.get_current()
+    saved = data_ctx.enable_progress_bars, data_ctx.max_errored_blocks
+    data_ctx.enable_progress_bars = progress
+    data_ctx.max_errored_blocks = -1  # one block per unit: a dropped block is a crashed unit
     sources = {s.name: s for s, _ in tasks}
     items = [{"source": s.name, "unit": json.dumps(u.to_dict())} for s, u in tasks]
-    ds = ray.data.from_items(items, override_num_blocks=len(items))
-    ds = ds.map_batches(
-        _ray_unit_batch,
-        batch_size=1,
-        batch_format="numpy",
-        fn_kwargs={"sources": sources, "fps": fps, "ctx": ctx},
-        num_cpus=num_cpus_per_unit,
-    )
-    return [UnitResult.from_dict(json.loads(r["result"])) for r in ds.iter_rows()]
+    try:
+        ds = ray.data.from_items(items, override_num_blocks=len(items))
+        with warnings.catch_warnings():
+            # Ray 2.60 has no named parameter for system-failure retries of map tasks yet
+            warnings.filterwarnings("ignore", message="`ray_remote_args` is deprecated")
+            ds = ds.map_batches(
+                _ray_unit_batch,
+                batch_size=1,
+                batch_format="numpy",
+                fn_kwargs={"sources": sources, "fps": fps, "ctx": ctx},
+                num_cpus=num_cpus_per_unit,
+                max_retries=crash_retries,
+            )
+        results = [UnitResult.from_dict(json.loads(r["result"])) for r in ds.iter_rows()]
+    finally:
+        data_ctx.enable_progress_bars, data_ctx.max_errored_blocks = saved
+    done = {r.key for r in results}
+    for src, unit in tasks:
+        fp = fps[src.name]
+        if unit_key(unit, fp, ctx.block_cells) not in done:
+            logger.warning(
+                "%s:%s block %d: worker crashed %d times", unit.source, unit.dataset_id,
+                unit.block, crash_retries + 1,
+            )  # fmt: skip
+            results.append(crashed_result(unit, fp, ctx, crash_retries + 1))
+    return results

@@ -20,6 +20,8 @@ Fields (``FORMAT_VERSION`` 2; version 1 files, without ``fingerprint``, ``code_r
                n_cells_kept, n_cells_val, nnz_kept, dropped {reason: n}, genes {mapping summary},
                shards [{path, n_cells, bytes}], qc_hist, info],
     quarantined: [QuarantineRecord: source, dataset_id, version, fingerprint, stage, error, info],
+    failed: [QuarantineRecord]   infrastructure failures of this run (retried next run, never
+                                 carried forward; a changed data set keeps its previous record)
     changes: {added, changed, removed, unchanged}   (lists of "source:dataset_id")
     totals: {n_datasets, n_quarantined, n_cells_in, n_cells_kept, n_cells_train, n_cells_val,
              dropped, nnz_kept, n_shards, bytes}
@@ -66,7 +68,7 @@ class UnitResult:
     key: str
     unit: dict[str, Any]
     fingerprint: str
-    status: str  # "ok" | "error"
+    status: str  # "ok" | "error" (a verdict on the input) | "failed" (infrastructure, this run)
     n_cells_in: int = 0
     n_cells_kept: int = 0
     n_cells_val: int = 0
@@ -80,6 +82,7 @@ class UnitResult:
     stage: str = ""  # error: where it failed (read, validate, harmonize, write)
     error: str = ""
     traceback: str = ""
+    attempts: int = 1
 
     @property
     def ok(self) -> bool:
@@ -173,6 +176,7 @@ class Manifest:
     changes: dict[str, list[str]]
     totals: dict[str, Any]
     qc_hist_edges: dict[str, list[float]] = field(default_factory=dict)
+    failed: list[QuarantineRecord] = field(default_factory=list)
     fingerprint: str = ""
     code_revision: str = ""
     mlflow_run_id: str = ""
@@ -196,6 +200,7 @@ class Manifest:
         m.sources = [_from_dict(SourceRecord, s) for s in m.sources]
         m.datasets = [DatasetRecord.from_dict(r) for r in m.datasets]
         m.quarantined = [_from_dict(QuarantineRecord, q) for q in m.quarantined]
+        m.failed = [_from_dict(QuarantineRecord, q) for q in m.failed]
         return m
 
     def shard_paths(self) -> list[str]:
@@ -238,6 +243,12 @@ def load_manifest(fs: pafs.FileSystem, root: str, version: int | None = None) ->
             return None
         version = versions[-1]
     elif version not in versions:
+        if versions and 0 < version < versions[0]:
+            raise FileNotFoundError(
+                f"corpus {root} version {version} was retired by garbage collection (a build "
+                f"keeps its newest keep_versions manifests and their shards); available: "
+                f"{versions}. Pin a kept version, or raise --keep-versions for future builds."
+            )
         raise FileNotFoundError(f"corpus {root} has no version {version}; has {versions}")
     path = manifest_path(root, version)
     return Manifest.from_dict(read_json(fs, path), where=path)

@@ -201,13 +201,14 @@ def _quarantine(ref: DatasetRef, stage: str, error: str, fp: str) -> QuarantineR
 def _finished_units(
     fs: pafs.FileSystem, root: str, units: list[WorkUnit], fp: str, block_cells: int
 ) -> dict[str, UnitResult]:
-    """Units of an interrupted run whose checkpoint and every shard exist."""
+    """Units of an interrupted run whose checkpoint exists and whose shards have their sizes."""
     done = {}
     for u in units:
         key = unit_key(u, fp, block_cells)
         ck = join(root, UNIT_DIR, f"{key}.json")
         if exists(fs, ck):
             res = UnitResult.from_dict(read_json(fs, ck))
-            if all(exists(fs, join(root, s.path)) for s in res.shards):
+            infos = fs.get_file_info([join(root, s.path) for s in res.shards])
+            if all(i.size == s.bytes for i, s in zip(infos, res.shards, strict=True)):
                 done[key] = res
     return done

@@ -42,6 +42,19 @@ LIST_ENCODINGS = {
 }
 
 
+def absolute_uri(uri: str) -> str:
+    """``uri`` with a local (possibly relative) path made absolute, as the driver sees it.
+
+    Workers resolve the output themselves; a relative path would land under each worker's own
+    working directory, so the driver resolves it once and passes the absolute form on.
+    """
+    if "://" in uri:
+        return uri.rstrip("/")
+    import os
+
+    return os.path.abspath(os.path.expanduser(uri))
+
+
 def resolve(uri: str) -> tuple[pafs.FileSystem, str]:
     """``(filesystem, root path)`` for a local path or a pyarrow filesystem URI."""
     if "://" in uri:
@@ -164,6 +177,50 @@ def write_shards(
         fs.move(tmp, path)
         shards.append(ShardRecord(rel, part.num_rows, int(size)))
     return shards
+
+
+class ShardCheckError(RuntimeError):
+    """Listed shards that are missing or not what was written: the manifest is not committed."""
+
+
+def verify_shards(
+    fs: pafs.FileSystem, root: str, shards: list[ShardRecord], threads: int = 16
+) -> None:
+    """Check that every shard exists with its recorded size and row count (parquet footer).
+
+    One metadata request and one footer read per shard, ``threads`` at a time; raises
+    :class:`ShardCheckError` naming every bad shard (up to 10) otherwise.
+    """
+    from concurrent.futures import ThreadPoolExecutor
+
+    def problem(rec: ShardRecord) -> str | None:
+        path = join(root, rec.path)
+        info = fs.get_file_info(path)
+        if info.type == pafs.FileType.NotFound:
+            return f"{rec.path}: missing"
+        if info.size != rec.bytes:
+            return f"{rec.path}: {info.size} bytes, expected {rec.bytes}"
+        try:
+            with fs.open_input_file(path) as f:
+                rows = pq.ParquetFile(f).metadata.num_rows
+        except (OSError, pa.ArrowInvalid) as exc:
+            return f"{rec.path}: unreadable parquet footer ({exc})"
+        if rows != rec.n_cells:
+            return f"{rec.path}: {rows} rows, expected {rec.n_cells}"
+        return None
+
+    with ThreadPoolExecutor(max(1, min(threads, len(shards)))) as pool:
+        bad = [p for p in pool.map(problem, shards) if p]
+    if bad:
+        more = f" (and {len(bad) - 10} more)" if len(bad) > 10 else ""
+        raise ShardCheckError(
+            f"{len(bad)} of {len(shards)} shards under {root} are missing or incomplete: "
+            + "; ".join(bad[:10])
+            + more
+            + ". Nothing was committed. Re-run the same command: finished blocks whose shards "
+            "check out are reused, the others are rewritten (a refresh that reuses a data set "
+            "with lost shards needs a full build: scfm corpus build ... --no-resume)."
+        )
 
 
 def list_files(fs: pafs.FileSystem, root: str, subdir: str) -> list[str]:

@@ -39,6 +39,20 @@ logger = logging.getLogger(__name__)
 FileFormat = Literal["h5ad", "10x_mtx", "10x_h5"]
 
 
+class StoreChangedError(RuntimeError):
+    """The source changed between planning and reading (an infrastructure failure: retried)."""
+
+
+# Failures of the machinery, not of the input: retried with backoff inside the job, then reported
+# as failed for this run only (never carried forward as a verdict on the data set).
+TRANSIENT_ERRORS: tuple[type[BaseException], ...] = (
+    MemoryError,
+    TimeoutError,
+    ConnectionError,
+    StoreChangedError,
+)
+
+
 @dataclass(frozen=True)
 class DatasetRef:
     """One data set of a source, as listed now.
@@ -132,6 +146,18 @@ class Source:
     def read(self, unit: WorkUnit) -> CellBlock:
         raise NotImplementedError
 
+    def pinned(self) -> Source:
+        """This source with moving references (release aliases) resolved, once, on the driver."""
+        return self
+
+    def is_transient(self, exc: BaseException, stage: str) -> bool:
+        """Whether ``exc`` (raised at ``stage``) is an infrastructure failure, not a data verdict.
+
+        Transient: :data:`TRANSIENT_ERRORS`, and any ``OSError`` while writing the output.
+        Everything else (bad counts, unmapped genes, a corrupt block) is a verdict on the input.
+        """
+        return isinstance(exc, TRANSIENT_ERRORS) or (stage == "write" and isinstance(exc, OSError))
+
 
 # --------------------------------------------------------------------------------------- Census
 
@@ -169,6 +195,50 @@ class CensusSource(Source):
     def __post_init__(self) -> None:
         if self.census_version is None and self.uri is None:
             raise ValueError("CensusSource needs census_version=... (a pinned release) or uri=...")
+        self._requested: dict | None = None  # set by pinned(): the config as the user gave it
+
+    def pinned(self) -> CensusSource:
+        """The concrete release behind an alias (``stable``, ``latest``), resolved once.
+
+        Returns a copy that opens that release's store by URI, so workers never look the alias
+        up again (it may move during a build) and need no access to the release directory. The
+        manifest records the concrete release; the source's config keeps the alias, so the next
+        refresh follows it.
+        """
+        if self.uri is not None or self.census_version is None:
+            return self
+        import dataclasses
+
+        import cellxgene_census
+
+        desc = cellxgene_census.get_census_version_description(self.census_version)  # one lookup
+        uri = desc.get("soma", {}).get("uri")
+        if not uri:
+            raise ValueError(
+                f"Census release {self.census_version!r} has no SOMA uri in the release directory;"
+                " pass the store with uri=... (--census-uri)"
+            )
+        out = dataclasses.replace(
+            self, census_version=desc.get("release_build") or self.census_version, uri=uri
+        )
+        out._requested = self.to_config()
+        if out.census_version != self.census_version:
+            logger.info("Census %r is release %s", self.census_version, out.census_version)
+        return out
+
+    def to_config(self) -> dict:
+        requested = getattr(self, "_requested", None)
+        return dict(requested) if requested else super().to_config()
+
+    def is_transient(self, exc: BaseException, stage: str) -> bool:
+        """Census reads that fail after planning (network, object store) are infrastructure."""
+        if super().is_transient(exc, stage):
+            return True
+        if stage != "read":
+            return False
+        import tiledbsoma
+
+        return isinstance(exc, (OSError, tiledbsoma.SOMAError))
 
     @property
     def _experiment_key(self) -> str:
@@ -287,7 +357,7 @@ class CensusSource(Source):
         obs = obs.concat().to_pandas().sort_values("soma_joinid")
         joinids = obs["soma_joinid"].to_numpy()
         if len(joinids) != unit.n_cells:
-            raise RuntimeError(
+            raise StoreChangedError(
                 f"{unit.dataset_id} block {unit.block}: expected {unit.n_cells} cells, the store "
                 f"returned {len(joinids)} (did the store change during the build?)"
             )
@@ -302,6 +372,8 @@ class CensusSource(Source):
 
 
 _VAR_CACHE: dict[tuple, np.ndarray] = {}
+# Stored values read from SOMA X by this process (tests and benchmarks check what a block costs).
+SOMA_VALUES_READ = [0]
 
 
 def _census_var(src: CensusSource, exp) -> np.ndarray:
@@ -319,9 +391,13 @@ def _read_soma_block(X, lo: int, hi: int, joinids: np.ndarray, n_var: int) -> sp
     """Rows ``joinids`` (sorted, within [lo, hi]) of a SOMA sparse matrix, as CSR.
 
     Reads in the array's native order (``result_order="row-major"`` measured ~20× slower at
-    2,000 nonzeros per cell) and buckets entries by row with scipy's COO → CSR (linear).
+    2,000 nonzeros per cell) and buckets entries by row with scipy's COO → CSR (linear). When a
+    value filter selected only some rows of the range, only those rows are read (point
+    coordinates), so memory stays bounded by the selected cells, however sparse the selection.
     """
-    tables = X.read((slice(lo, hi),)).tables()
+    dense_range = len(joinids) == hi - lo + 1
+    coords = slice(lo, hi) if dense_range else np.asarray(joinids, dtype=np.int64)
+    tables = X.read((coords,)).tables()
     dims0, dims1, data = [], [], []
     for t in tables:
         dims0.append(t.column("soma_dim_0").to_numpy())
@@ -330,6 +406,7 @@ def _read_soma_block(X, lo: int, hi: int, joinids: np.ndarray, n_var: int) -> sp
     d0 = np.concatenate(dims0) if dims0 else np.zeros(0, np.int64)
     d1 = np.concatenate(dims1) if dims1 else np.zeros(0, np.int64)
     v = np.concatenate(data) if data else np.zeros(0, np.float32)
+    SOMA_VALUES_READ[0] += len(v)
     if len(joinids) == hi - lo + 1:  # every row in the range is selected (the common case)
         row = d0 - lo
     else:
@@ -381,10 +458,10 @@ class FileSource(Source):
     name
         Source name (first part of ``cell_id``).
     layer
-        h5ad layer with raw counts (``"raw"`` = ``.raw.X``); default ``X``. With a layer, the file
-        is read whole by the worker (backed mode reads ``X`` only).
+        h5ad layer with raw counts (``"raw"`` = ``.raw.X``); default ``X``. Read block by block
+        like ``X``.
     backed
-        Read h5ad ``X`` from disk block by block (default), never the whole matrix.
+        Kept for compatibility: h5ad matrices are always read from disk block by block.
     obs_columns
         Metadata renames ``{corpus column: source column}``, e.g. ``{"cell_type": "bulk_labels"}``.
         Columns already named as in :data:`~scfm.corpus.harmonize.METADATA_COLUMNS` are kept.
@@ -445,27 +522,68 @@ class FileSource(Source):
         return refs
 
     def _open_names(self, path: Path) -> tuple[int, np.ndarray]:
-        adata = self._load(path, whole=False)
-        return adata.n_obs, adata.obs_names.to_numpy(dtype=str)
+        handle = self._handle(path)
+        return len(handle.obs), handle.obs.index.to_numpy(dtype=str)
 
-    def _load(self, path: Path, *, whole: bool):
-        from scfm.data.io import read_counts
+    def _handle(self, path: Path) -> _FileHandle:
+        """Names, metadata and a row-block reader of one input (one open input per process).
+
+        h5ad (``X``, ``raw`` or a layer), 10x ``.h5`` and MEX blocks are read from disk block by
+        block (:mod:`scfm.corpus.blockread`).
+        """
+        from scfm.corpus import blockread
+        from scfm.data.io import read_counts, tenx_h5_meta, tenx_mtx_meta
 
         key = (str(path), os.path.getmtime(path), self.layer, self.genome, os.getpid())
-        adata = _FILE_CACHE.get(key)
-        if adata is None:
-            fmt = _detect(path)
-            if fmt == "h5ad":
-                backed = self.backed and self.layer is None
-                adata = read_counts(path, layer=self.layer, backed=backed)
-            else:
-                adata = read_counts(path, genome=self.genome)
-            _FILE_CACHE.clear()  # one open file per worker: bounded memory
-            _FILE_CACHE[key] = adata
-        return adata
+        handle = _FILE_CACHE.get(key)
+        if handle is not None:
+            return handle
+        fmt = _detect(path)
+        if fmt == "h5ad":
+            adata = read_counts(path, backed=True)  # obs and var in memory, matrices on disk
+            genes = adata.var_names
+            if self.layer == "raw":
+                if adata.raw is None:
+                    raise ValueError(f"{path} has no .raw (layer='raw'); layers: "
+                                     f"{list(adata.layers)}")  # fmt: skip
+                genes = adata.raw.var_names
+            elif self.layer is not None and self.layer not in adata.layers:
+                raise ValueError(
+                    f"{path} has no layer {self.layer!r}; layers are: "
+                    f"{list(adata.layers) or 'none'} (use layer=None for X or 'raw' for .raw)"
+                )
+            obs, layer = adata.obs, self.layer
+            adata.file.close()
+
+            def read(start: int, stop: int) -> sp.csr_matrix:
+                return blockread.read_h5ad_rows(path, layer, start, stop)
+
+        elif fmt == "10x_h5":
+            group, barcodes, var, columns = tenx_h5_meta(path, genome=self.genome)
+            obs, genes = pd.DataFrame(index=pd.Index(barcodes, dtype=str)), var.index
+
+            def read(start: int, stop: int) -> sp.csr_matrix:
+                return blockread.read_10x_h5_rows(path, group, start, stop, columns)
+
+        else:  # 10x MEX: the coordinate file, streamed per block
+            mtx, barcodes, var, columns = tenx_mtx_meta(path)
+            obs, genes = pd.DataFrame(index=pd.Index(barcodes, dtype=str)), var.index
+            n_features, n_cells = len(columns), len(barcodes)
+
+            def read(start: int, stop: int) -> sp.csr_matrix:
+                return blockread.read_mex_rows(mtx, start, stop, n_features, n_cells, columns)
+
+        handle = _FileHandle(obs, np.asarray(genes, dtype=str), read)
+        _FILE_CACHE.clear()  # one open input per worker: bounded memory
+        _FILE_CACHE[key] = handle
+        return handle
 
     def _dataset_id(self, path: Path) -> str:
         return path.name
+
+    def is_transient(self, exc: BaseException, stage: str) -> bool:
+        """A file that vanished between listing and reading is listed again next run."""
+        return super().is_transient(exc, stage) or isinstance(exc, FileNotFoundError)
 
     def _path_of(self, unit: WorkUnit) -> Path:
         for p in self._paths():
@@ -474,13 +592,9 @@ class FileSource(Source):
         raise FileNotFoundError(f"{self.name}: no input named {unit.dataset_id}")
 
     def read(self, unit: WorkUnit) -> CellBlock:
-        path = self._path_of(unit)
-        adata = self._load(path, whole=True)
-        X = adata.X[unit.start : unit.stop]
-        if not sp.issparse(X):
-            X = sp.csr_matrix(np.asarray(X))
-        X = sp.csr_matrix(X)
-        obs = adata.obs.iloc[unit.start : unit.stop]
+        handle = self._handle(self._path_of(unit))
+        X = handle.read(unit.start, unit.stop)
+        obs = handle.obs.iloc[unit.start : unit.stop]
         meta = pd.DataFrame(index=obs.index)
         for col in METADATA_COLUMNS:
             src_col = self.obs_columns.get(col, col)
@@ -488,10 +602,19 @@ class FileSource(Source):
                 meta[col] = obs[src_col].astype(str).to_numpy()
         return CellBlock(
             X=X,
-            gene_ids=adata.var_names.to_numpy(dtype=str),
+            gene_ids=handle.genes,
             obs_ids=obs.index.to_numpy(dtype=str),
             obs=meta.reset_index(drop=True),
         )
+
+
+@dataclass(frozen=True)
+class _FileHandle:
+    """An input opened by a worker: cell metadata, gene ids and a row-block reader."""
+
+    obs: pd.DataFrame
+    genes: np.ndarray
+    read: Any  # (start, stop) -> CSR block
 
 
 @dataclass

@@ -161,12 +161,16 @@ class GeneVocab:
         index = np.full(len(genes), -1, dtype=np.int64)
         rules = np.empty(len(genes), dtype=object)
         case_changed = 0
+        mouse_style = 0
         foreign_ensembl: Counter[str] = Counter()
         for i, gene in enumerate(genes):
             idx, rule = _resolve(gene, t)
             index[i], rules[i] = idx, rule
             if rule == "direct" and self.names[idx] != gene.strip():
                 case_changed += 1
+                g = gene.strip()
+                # mouse convention: capitalized (Cd3e), not all-lowercase human symbols (cd3e)
+                mouse_style += g[:1].isupper() and g[1:] != g[1:].upper()
             if rule == "unmapped":
                 parsed = parse_ensembl(gene)
                 if parsed and parsed[1] != "ENSG":
@@ -178,6 +182,7 @@ class GeneVocab:
             rules=rules.astype(str),
             n_case_changed=case_changed,
             foreign_ensembl=dict(foreign_ensembl),
+            n_mouse_style=mouse_style,
         )
 
 
@@ -353,6 +358,7 @@ class GeneMapping:
     rules: np.ndarray = field(repr=False)
     n_case_changed: int = 0
     foreign_ensembl: dict[str, int] = field(default_factory=dict)
+    n_mouse_style: int = 0  # case-changed symbols written the mouse way (Cd3e)
 
     @property
     def mapped(self) -> np.ndarray:
@@ -398,6 +404,7 @@ class GeneMapping:
             index=np.where(keep, self.index, -1),
             rules=np.where(keep, self.rules, "unmapped"),
             n_case_changed=0,
+            n_mouse_style=0,
         )
 
     def matrix(self, dtype: np.dtype | type = np.float32) -> sp.csr_matrix:

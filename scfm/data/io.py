@@ -142,14 +142,20 @@ def read_10x_mtx(directory: str | Path) -> ad.AnnData:
     return _tenx_anndata(X, bc.to_numpy(), var)
 
 
-def read_10x_h5(path: str | Path, *, genome: str | None = None) -> ad.AnnData:
-    """Read a Cell Ranger HDF5 file (v2 per-genome groups or v3 ``matrix`` group)."""
+def tenx_h5_meta(
+    path: str | Path, *, genome: str | None = None
+) -> tuple[str, np.ndarray, pd.DataFrame, np.ndarray]:
+    """Layout of a Cell Ranger HDF5 file without its matrix: ``(group, barcodes, var, columns)``.
+
+    ``group`` holds the genes × cells CSC matrix; ``columns`` is the boolean mask of features
+    kept (the genome asked for, Gene Expression only); ``var`` describes the kept features.
+    """
     p = Path(path)
     try:
         with h5py.File(p, "r") as f:
             if "matrix" in f:
-                group = f["matrix"]
-                feats = group["features"]
+                name = "matrix"
+                feats = f[name]["features"]
                 var = pd.DataFrame(
                     {
                         "gene_symbols": _strings(feats["name"]),
@@ -158,7 +164,7 @@ def read_10x_h5(path: str | Path, *, genome: str | None = None) -> ad.AnnData:
                     },
                     index=_strings(feats["id"]),
                 )
-                keep = None
+                keep = np.ones(len(var), dtype=bool)
                 if genome is not None:
                     keep = var["genome"].to_numpy() == genome
                     if not keep.any():
@@ -179,24 +185,66 @@ def read_10x_h5(path: str | Path, *, genome: str | None = None) -> ad.AnnData:
                     genome = genomes[0]
                 if genome not in f:
                     raise ValueError(f"{p}: no genome {genome!r}; has {genomes}")
-                group = f[genome]
+                name = genome
+                group = f[name]
                 var = pd.DataFrame(
                     {"gene_symbols": _strings(group["gene_names"])}, index=_strings(group["genes"])
                 )
-                keep = None
+                keep = np.ones(len(var), dtype=bool)
+            barcodes = _strings(f[name]["barcodes"])
+    except OSError as exc:
+        raise CorruptInputError(f"cannot read {p} as a 10x HDF5 file: {exc}") from exc
+    except KeyError as exc:
+        raise CorruptInputError(f"{p} is HDF5 but not in a 10x layout (missing {exc})") from exc
+    if "feature_types" in var:
+        gex = var["feature_types"].to_numpy() == "Gene Expression"
+        if not gex[keep].all():
+            logger.info("keeping %d Gene Expression features of %d", (gex & keep).sum(), keep.sum())
+        keep = keep & gex
+    return name, barcodes, var[keep], keep
+
+
+def tenx_mtx_meta(directory: str | Path) -> tuple[Path, np.ndarray, pd.DataFrame, np.ndarray]:
+    """Layout of a MEX directory without its matrix: ``(matrix file, barcodes, var, columns)``.
+
+    ``columns`` masks the features kept (Gene Expression only, as :func:`read_10x_mtx`).
+    """
+    d = Path(directory)
+    mtx = _first_existing(d, ["matrix.mtx"])
+    features = _first_existing(d, ["features.tsv", "genes.tsv"])
+    barcodes = _first_existing(d, ["barcodes.tsv"])
+    try:
+        feat = pd.read_csv(features, sep="\t", header=None, dtype=str)
+        bc = pd.read_csv(barcodes, sep="\t", header=None, dtype=str)[0]
+    except (OSError, ValueError, EOFError, IndexError) as exc:
+        raise CorruptInputError(f"cannot read 10x directory {d}: {exc}") from exc
+    var = pd.DataFrame({"gene_symbols": feat[1].to_numpy()}, index=feat[0].to_numpy())
+    keep = np.ones(len(var), dtype=bool)
+    if feat.shape[1] > 2:
+        var["feature_types"] = feat[2].to_numpy()
+        keep = var["feature_types"].to_numpy() == "Gene Expression"
+    return mtx, bc.to_numpy(), var[keep], keep
+
+
+def read_10x_h5(path: str | Path, *, genome: str | None = None) -> ad.AnnData:
+    """Read a Cell Ranger HDF5 file (v2 per-genome groups or v3 ``matrix`` group)."""
+    p = Path(path)
+    name, barcodes, var, keep = tenx_h5_meta(p, genome=genome)
+    try:
+        with h5py.File(p, "r") as f:
+            group = f[name]
             n_genes, n_cells = (int(v) for v in group["shape"][()])
             # CSC over genes × cells is CSR over cells × genes.
             X = sp.csr_matrix(
                 (group["data"][()], group["indices"][()], group["indptr"][()]),
                 shape=(n_cells, n_genes),
             )
-            barcodes = _strings(group["barcodes"])
     except OSError as exc:
         raise CorruptInputError(f"cannot read {p} as a 10x HDF5 file: {exc}") from exc
     except KeyError as exc:
         raise CorruptInputError(f"{p} is HDF5 but not in a 10x layout (missing {exc})") from exc
-    if keep is not None:
-        X, var = X[:, keep], var[keep]
+    if not keep.all():
+        X = X[:, keep]
     return _tenx_anndata(X, barcodes, var)
 
 

@@ -108,6 +108,55 @@ def _looks_log_normalized(values: np.ndarray) -> bool:
     return bool(values.size) and float(values.max()) < 30 and float(values.min()) >= 0
 
 
+# Raw library sizes vary several-fold between cells; CPM/TPM (even rounded) sum to a constant.
+_CONSTANT_TOTAL_CV = 0.01
+_MIN_CELLS_FOR_TOTALS = 20
+
+
+def check_library_sizes(totals: np.ndarray, where: str = "the expression matrix") -> None:
+    """Reject integer-looking values whose per-cell totals are (nearly) one constant.
+
+    CPM/TPM rounded to integers pass every integer check; their totals give them away (every
+    cell sums to about 10^6, or another fixed depth). Needs at least 20 non-empty cells.
+    """
+    t = np.asarray(totals, dtype=np.float64)
+    t = t[t > 0]
+    _check_total_moments(len(t), float(t.sum()), float((t * t).sum()), where)
+
+
+def _check_total_moments(n: int, s1: float, s2: float, where: str) -> None:
+    """:func:`check_library_sizes` from running sums of the non-zero totals (O(1) memory)."""
+    if n < _MIN_CELLS_FOR_TOTALS:
+        return
+    mean = s1 / n
+    cv = float(np.sqrt(max(s2 / n - mean * mean, 0.0))) / mean
+    if cv < _CONSTANT_TOTAL_CV:
+        raise InputValidationError(
+            f"every cell of {where} sums to about {mean:,.0f} (coefficient of variation "
+            f"{cv:.4f} over {n:,} cells; raw library sizes vary several-fold): these look "
+            "like CPM/TPM values rounded to integers (or counts down-sampled to one depth), not "
+            "raw counts; pass the raw count matrix (X, .raw or the counts layer)"
+        )
+
+
+def _non_integer_hint(values: np.ndarray, frac: np.ndarray, totals: np.ndarray) -> str:
+    """Why a matrix may hold non-integer values, and what to do about it."""
+    if _looks_log_normalized(values):
+        return "looks log-normalized; pass raw counts in X or name the layer with counts"
+    t = totals[totals > 0]
+    if len(t) >= _MIN_CELLS_FOR_TOTALS and t.std() / t.mean() < _CONSTANT_TOTAL_CV:
+        return (
+            f"every cell sums to about {t.mean():,.0f}: looks normalized (CPM/TPM); pass raw "
+            "counts in X or name the layer with counts"
+        )
+    return (
+        f"{100 * frac.mean():.0f}% of the values are fractional and cell totals vary: looks like "
+        "ambient-RNA-corrected counts (SoupX, CellBender, DecontX) or otherwise normalized; "
+        "round them to integers (e.g. SoupX adjustCounts(roundToInt=TRUE), or np.rint on the "
+        "corrected matrix) or pass the raw count matrix"
+    )
+
+
 ValueKind = Literal["counts", "normalized", "bulk"]
 # integers this large in a matrix declared log1p-normalized are raw counts
 _NORMALIZED_MAX = 30.0
@@ -149,6 +198,7 @@ def check_counts(
 
     nnz = 0
     all_integers = True
+    n_tot, s1, s2 = 0, 0.0, 0.0  # running moments of the non-zero cell totals (CPM check)
     vmin, vmax = np.inf, -np.inf
     empty: list[int] = []
     n_empty = 0
@@ -176,18 +226,15 @@ def check_counts(
                 all_integers = all_integers and not frac.any()
                 if frac.any() and kind == "counts":
                     example = float(values[frac][0])
-                    hint = (
-                        "looks log-normalized; pass raw counts in X or name the layer with counts"
-                        if _looks_log_normalized(values)
-                        else "looks normalized (e.g. CPM/TPM); pass raw counts in X or name the "
-                        "layer with counts"
-                    )
+                    hint = _non_integer_hint(values, frac, row_sums)
                     raise InputValidationError(
                         f"the expression matrix holds non-integer values (e.g. {example:g}; "
                         f"{int(frac.sum()):,} in rows {start}..{start + block.shape[0] - 1}): "
                         f"{hint}"
                     )
         nnz += int(np.count_nonzero(values))
+        nz_sums = row_sums[row_sums > 0].astype(np.float64)
+        n_tot, s1, s2 = n_tot + len(nz_sums), s1 + nz_sums.sum(), s2 + (nz_sums**2).sum()
         zero_rows = np.flatnonzero(row_sums == 0)
         n_empty += len(zero_rows)
         empty.extend((start + zero_rows[: max(0, 10 - len(empty))]).tolist())
@@ -199,6 +246,8 @@ def check_counts(
             f"the matrix was declared log1p-normalized (pre_normalized), but it holds integers "
             f"up to {vmax:g}: these look like raw counts; pass them without pre_normalized"
         )
+    if kind == "counts":
+        _check_total_moments(n_tot, s1, s2, "the expression matrix")
     warnings = []
     if n_empty:
         warnings.append(
@@ -250,14 +299,15 @@ def check_species(mapping: GeneMapping, min_mapped_fraction: float) -> None:
             "wrong species; scfm's vocabulary is human. Map genes to human orthologs first"
         )
     direct = report.by_rule["direct"]
-    if direct >= 20 and mapping.n_case_changed > 0.5 * direct:
+    # Mouse symbols are capitalized (Cd3e); all-lowercase human symbols (cd3e) map as they are.
+    if direct >= 20 and mapping.n_mouse_style > 0.5 * direct:
         example = next(
             g
             for g, i, r in zip(mapping.genes, mapping.index, mapping.rules, strict=True)
-            if r == "direct" and mapping.vocab.names[i] != g
+            if r == "direct" and mapping.vocab.names[i] != g and g[:1].isupper()
         )
         raise InputValidationError(
-            f"{mapping.n_case_changed:,} of {direct:,} gene symbols match the human vocabulary "
+            f"{mapping.n_mouse_style:,} of {direct:,} gene symbols match the human vocabulary "
             f"only after changing case (e.g. {example!r}): these look like mouse symbols; "
             "wrong species. Map genes to human orthologs first"
         )

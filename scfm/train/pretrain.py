@@ -16,6 +16,15 @@ from typing import Any
 from scfm.runtime import ensure_ray
 from scfm.train.config import PretrainConfig
 from scfm.train.ray_train import TRAIN_STATE_FILE, train_loop_per_worker
+from scfm.train.resume import (
+    COMPLETE_FILE,
+    ResumeError,
+    check_resume,
+    is_complete,
+    latest_checkpoint,
+)
+
+__all__ = ["PretrainResult", "build_trainer", "latest_checkpoint", "run_pretraining"]
 
 logger = logging.getLogger(__name__)
 
@@ -40,19 +49,6 @@ def corpus_info(corpus) -> dict[str, str]:
     if corpus.manifest.mlflow_run_id:
         info["corpus.mlflow_run_id"] = corpus.manifest.mlflow_run_id
     return info
-
-
-def latest_checkpoint(run_dir: str | Path) -> Path:
-    """The checkpoint with the highest step under a Ray Train run directory."""
-    import torch
-
-    candidates = []
-    for state in Path(run_dir).rglob(TRAIN_STATE_FILE):
-        step = torch.load(state, weights_only=True)["step"]
-        candidates.append((step, state.parent))
-    if not candidates:
-        raise FileNotFoundError(f"no checkpoint ({TRAIN_STATE_FILE}) under {run_dir}")
-    return max(candidates)[1]
 
 
 def build_trainer(
@@ -115,8 +111,10 @@ def run_pretraining(
     Parameters
     ----------
     resume
-        A Ray Train run directory (or checkpoint folder) to continue from: weights, optimizer,
-        schedule, step counter and data position are restored.
+        A Ray Train run directory (its newest complete checkpoint) or a checkpoint folder to
+        continue from: weights, optimizer, schedule, step counter and data position are
+        restored, on the corpus version the checkpoint trained on
+        (:func:`scfm.train.resume.check_resume` refuses incompatible settings first).
     max_failures
         Worker failures Ray Train recovers from by restarting at the last checkpoint.
     train_loop
@@ -132,16 +130,21 @@ def run_pretraining(
     cfg = cfg.with_run_name()
     if not cfg.data.corpus:
         raise ValueError("no corpus: set data.corpus (a directory built by `scfm corpus build`)")
-    ensure_ray()
     resume_from = None
     if resume:
         p = Path(resume)
+        if (p / TRAIN_STATE_FILE).is_file() and (p / COMPLETE_FILE).exists() and not is_complete(p):
+            raise ResumeError(
+                f"{p} is an incomplete checkpoint (files missing or cut short): pass the run "
+                "directory instead, to resume from its newest complete checkpoint"
+            )
         resume_from = str(p if (p / TRAIN_STATE_FILE).is_file() else latest_checkpoint(p))
         logger.info("resuming from %s", resume_from)
 
     uri = tracking_uri()
     model_cfg = cfg.model_config()
-    corpus = open_corpus(cfg.data.corpus)
+    corpus = check_resume(cfg, resume_from) if resume_from else open_corpus(cfg.data.corpus)
+    ensure_ray()  # after the checks: a refused resume starts nothing
     info = corpus_info(corpus)
     run_tags = {
         "scfm.resumed_from": resume_from or "",

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import logging
 import tempfile
-import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -23,10 +22,10 @@ from scfm.model.checkpoint import read_checkpoint, save_checkpoint
 from scfm.model.xtrimogene import XTrimoGene
 from scfm.train.config import PretrainConfig
 from scfm.train.loop import CheckpointPayload, TrainState, fit
+from scfm.train.resume import TRAIN_STATE_FILE, write_complete_marker
 
 logger = logging.getLogger(__name__)
 
-TRAIN_STATE_FILE = "train_state.pt"
 # test hooks see every report: (metrics, step, restored, rank, world); a recovery drill raises
 ReportHook = Callable[[dict[str, float], int, bool, int, int], None]
 
@@ -118,27 +117,32 @@ def _write_checkpoint(
     meta = {**metadata, "step": payload.state.step, "epoch": payload.state.epoch}
     save_checkpoint(folder, model, metadata=meta)
     torch.save(payload.state.to_dict(), Path(folder) / TRAIN_STATE_FILE)
+    write_complete_marker(folder, payload.state.step)  # last: lists every file with its size
 
 
 class _RankZeroTracker:
-    """Logs worker metrics to the driver's MLflow run, from rank 0 only."""
+    """Logs worker metrics to the driver's MLflow run, from rank 0 only, without blocking.
+
+    Metrics go through :class:`scfm.tracking.AsyncMetricLogger`: buffered, sent by a
+    background thread, kept and retried while the server is unreachable, flushed on close.
+    """
 
     def __init__(self, mlflow_cfg: dict | None, rank: int):
-        self.client = None
+        self.logger = None
         if mlflow_cfg and rank == 0:
-            from mlflow import MlflowClient
+            from scfm.tracking import AsyncMetricLogger
 
-            self.client = MlflowClient(tracking_uri=mlflow_cfg["tracking_uri"])
-            self.run_id = mlflow_cfg["run_id"]
+            self.logger = AsyncMetricLogger(
+                mlflow_cfg["tracking_uri"],
+                mlflow_cfg["run_id"],
+                flush_timeout_s=float(mlflow_cfg.get("flush_timeout_s", 300.0)),
+            )
 
     def log(self, metrics: dict[str, float], step: int) -> None:
-        if self.client is None:
-            return
-        from mlflow.entities import Metric
-
-        now = int(time.time() * 1000)
-        batch = [Metric(k, float(v), now, step) for k, v in metrics.items() if k != "step"]
-        self.client.log_batch(self.run_id, metrics=batch)
+        if self.logger is not None:
+            self.logger.log({k: v for k, v in metrics.items() if k != "step"}, step)
 
     def close(self) -> None:
-        self.client = None
+        if self.logger is not None:
+            self.logger.close()
+            self.logger = None

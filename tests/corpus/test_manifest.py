@@ -28,7 +28,7 @@ def test_a_build_writes_every_documented_field(kang_corpus) -> None:
         "format", "format_version", "corpus_version", "parent_version", "kind", "created",
         "code_version", "code_revision", "vocab_checksum", "n_vocab_genes", "schema", "config",
         "fingerprint", "mlflow_run_id", "sources", "datasets", "quarantined", "changes", "totals",
-        "qc_hist_edges",
+        "qc_hist_edges", "failed",
     }  # fmt: skip
     assert set(raw) == documented
     assert raw["format_version"] == FORMAT_VERSION and len(raw["fingerprint"]) == 16

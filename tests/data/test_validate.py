@@ -41,10 +41,28 @@ def test_dense_and_sparse_formats_agree(kang, fmt):
     assert (r.nnz, r.max_value, r.n_empty_cells) == (643449, 2407.0, 0)
 
 
+class _CountingRows:
+    """A backed matrix that records every row range read from it (and reads nothing else)."""
+
+    def __init__(self, X):
+        self._X, self.reads = X, []
+
+    shape = property(lambda self: self._X.shape)
+    dtype = property(lambda self: self._X.dtype)
+
+    def __getitem__(self, key):
+        assert isinstance(key, slice) and key.step is None, f"not a row block: {key!r}"
+        self.reads.append((key.start, min(key.stop, self.shape[0])))
+        return self._X[key]
+
+
 def test_backed_matrix_is_checked_in_blocks():
+    """Fails if validation reads the matrix whole (or any row twice): every read is counted."""
     adata = read_counts(datasets.fetch("kang2018"), backed=True)
-    r = validate_anndata(adata, block_rows=256).report
+    X = _CountingRows(adata.X)
+    r = validate_input(X, adata.var_names, adata.obs_names, block_rows=256).report
     assert (r.n_cells, r.nnz) == (1975, 643449)
+    assert X.reads == [(s, min(s + 256, 1975)) for s in range(0, 1975, 256)]
 
 
 def test_log_normalized_input_is_rejected_with_the_fix():

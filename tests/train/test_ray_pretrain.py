@@ -125,3 +125,35 @@ def test_injected_worker_failure_resumes_from_checkpoint(
     steps = [s for s, _ in _history(result.run_id, "loss")]
     assert steps.count(8) == 2 and steps.count(12) == 1 and max(steps) == 12
     assert np.isfinite(result.metrics["val_loss"])
+
+
+def test_sigkilled_worker_resumes_to_the_weights_of_an_uninterrupted_run(
+    ray_local, mlflow_uri, kang_corpus, tmp_path
+):
+    """A Ray Train worker process is SIGKILLed after step 9 (no exception raised in it): the run
+    restarts from the step-6 checkpoint, replays the same data position, and ends with the
+    weights of an uninterrupted run with the same seed. CPU, gloo; tolerance: exact equality
+    (atol=rtol=0) - the replay is deterministic."""
+    import os
+
+    from scfm.model.checkpoint import read_checkpoint
+    from tests.train.faults import killing_train_loop
+
+    ref = run_pretraining(_cfg(kang_corpus, str(tmp_path / "ray"), "ref", steps=12))
+    marker = tmp_path / "killed.pid"
+    hit = run_pretraining(
+        _cfg(kang_corpus, str(tmp_path / "ray"), "killed", steps=12),
+        train_loop=killing_train_loop(9, str(marker)),
+        max_failures=1,
+    )
+    pid = int(marker.read_text())
+    assert not os.path.exists(f"/proc/{pid}")  # that worker process is gone
+    assert hit.metrics["step"] == 12
+    assert _history(hit.run_id, "restored_step") == [(6, 6.0)]
+    assert [s for s, _ in _history(hit.run_id, "loss")].count(8) == 2  # 7..9 ran twice
+    a = read_checkpoint(ref.checkpoint_dir)["state_dict"]
+    b = read_checkpoint(hit.checkpoint_dir)["state_dict"]
+    assert a.keys() == b.keys()
+    for k in a:
+        torch.testing.assert_close(b[k], a[k], rtol=0, atol=0, msg=k)
+    assert _history(hit.run_id, "loss")[-1] == _history(ref.run_id, "loss")[-1]
