@@ -80,6 +80,7 @@ class UnitResult:
     stage: str = ""  # error: where it failed (read, validate, harmonize, write)
     error: str = ""
     traceback: str = ""
+    node: str = ""  # the Ray node that ran the unit ("" when run in-process)
 
     @property
     def ok(self) -> bool:

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from scfm.runtime import ensure_ray
+from scfm.storage import is_uri, join_uri, redact_uri, redact_uri_text, redact_values
 from scfm.train.config import PretrainConfig
 from scfm.train.ray_train import TRAIN_STATE_FILE, train_loop_per_worker
 
@@ -32,7 +33,7 @@ class PretrainResult:
 def corpus_info(corpus) -> dict[str, str]:
     """Corpus version, manifest checksum and build run, linking the run to the data it saw."""
     info = {
-        "corpus.uri": corpus.uri,
+        "corpus.uri": redact_uri(corpus.uri),
         "corpus.version": str(corpus.version),
         "corpus.manifest_sha256": corpus.manifest.checksum,
         "corpus.n_cells": str(corpus.n_cells),
@@ -42,17 +43,38 @@ def corpus_info(corpus) -> dict[str, str]:
     return info
 
 
-def latest_checkpoint(run_dir: str | Path) -> Path:
-    """The checkpoint with the highest step under a Ray Train run directory."""
+def latest_checkpoint(run_dir: str | Path) -> str:
+    """The checkpoint with the highest step under a Ray Train run directory (path or URI)."""
+    import io
+
     import torch
 
+    from scfm.storage import list_files, resolve
+
     candidates = []
-    for state in Path(run_dir).rglob(TRAIN_STATE_FILE):
-        step = torch.load(state, weights_only=True)["step"]
-        candidates.append((step, state.parent))
+    for state in list_files(str(run_dir)):
+        if state.rsplit("/", 1)[-1] != TRAIN_STATE_FILE:
+            continue
+        fs, path = resolve(state)
+        with fs.open_input_file(path) as f:
+            step = torch.load(io.BytesIO(f.read()), weights_only=True)["step"]
+        candidates.append((step, state.rsplit("/", 1)[0]))
     if not candidates:
-        raise FileNotFoundError(f"no checkpoint ({TRAIN_STATE_FILE}) under {run_dir}")
+        raise FileNotFoundError(f"no checkpoint ({TRAIN_STATE_FILE}) under {redact_uri(run_dir)}")
     return max(candidates)[1]
+
+
+def resume_checkpoint(resume: str) -> str:
+    """The checkpoint folder to continue from: ``resume`` itself or the newest one under it."""
+    from scfm.storage import exists
+
+    if not is_uri(resume):
+        resume = str(Path(resume).resolve())
+    if exists(join_uri(resume, TRAIN_STATE_FILE)):
+        return resume
+    if not exists(resume):
+        raise FileNotFoundError(f"--resume {redact_uri(resume)} does not exist")
+    return latest_checkpoint(resume)
 
 
 def build_trainer(
@@ -98,8 +120,15 @@ def build_trainer(
     )
 
 
+def _checkpoint_uri(path: str, storage_path: str) -> str:
+    """Ray's checkpoint path (scheme-less on object stores) as a URI like ``storage_path``."""
+    if is_uri(storage_path) and "://" not in path:
+        return f"{storage_path.split('://', 1)[0]}://{path.lstrip('/')}"
+    return path
+
+
 def _storage(path: str) -> str:
-    return path if "://" in path else str(Path(path).resolve())
+    return path if is_uri(path) else str(Path(path).resolve())
 
 
 def run_pretraining(
@@ -135,16 +164,15 @@ def run_pretraining(
     ensure_ray()
     resume_from = None
     if resume:
-        p = Path(resume)
-        resume_from = str(p if (p / TRAIN_STATE_FILE).is_file() else latest_checkpoint(p))
-        logger.info("resuming from %s", resume_from)
+        resume_from = resume_checkpoint(resume)
+        logger.info("resuming from %s", redact_uri(resume_from))
 
     uri = tracking_uri()
     model_cfg = cfg.model_config()
     corpus = open_corpus(cfg.data.corpus)
     info = corpus_info(corpus)
     run_tags = {
-        "scfm.resumed_from": resume_from or "",
+        "scfm.resumed_from": redact_uri(resume_from or ""),
         "scfm.corpus_version": info["corpus.version"],
         "scfm.corpus_uri": info["corpus.uri"],
         "scfm.corpus_run_id": info.get("corpus.mlflow_run_id", ""),
@@ -156,9 +184,9 @@ def run_pretraining(
         run_name=cfg.tracking.run_name or cfg.name,
         tags=run_tags,
     ) as run:
-        mlflow.log_params(flatten({"cfg": cfg.to_dict()}) | info)
+        mlflow.log_params(flatten(redact_values({"cfg": cfg.to_dict()})) | info)
         mlflow.log_params({f"model.{k}": v for k, v in model_cfg.to_dict().items()})
-        mlflow.log_text(cfg.to_yaml(), "config/pretrain.yaml")
+        mlflow.log_text(redact_uri_text(cfg.to_yaml()), "config/pretrain.yaml")
         trainer = build_trainer(
             cfg,
             corpus.version,
@@ -171,7 +199,7 @@ def run_pretraining(
         result = trainer.fit()
         if result.checkpoint is None:
             raise RuntimeError(f"pretraining ended without a checkpoint: {result.error}")
-        checkpoint_dir = result.checkpoint.path
+        checkpoint_dir = _checkpoint_uri(result.checkpoint.path, cfg.storage_path)
         with result.checkpoint.as_directory() as d:
             mlflow.log_artifacts(d, "model")
         model_uri = None
@@ -184,7 +212,7 @@ def run_pretraining(
             run_id=run.info.run_id,
             metrics=metrics,
             checkpoint_dir=checkpoint_dir,
-            run_dir=str(Path(_storage(cfg.storage_path)) / cfg.name),
+            run_dir=join_uri(_storage(cfg.storage_path), cfg.name),
             model_uri=model_uri,
         )
 
