@@ -34,6 +34,14 @@ def wait_for(pattern: str, folder: Path, timeout: float = 120.0) -> Path:
     raise TimeoutError(f"no {pattern} in {folder} after {timeout:.0f} s")
 
 
+def wait_until(condition: Callable[[], bool], timeout: float = 120.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"condition not met after {timeout:.0f} s")
+        time.sleep(0.5)
+
+
 @dataclass
 class GatedDirectorySource(DirectorySource):
     """A :class:`DirectorySource` whose first block of one data set blocks on its first read.
