@@ -108,11 +108,13 @@ def team_mlflow(postgres, s3, tmp_path_factory):
         wait_http(f"{url}/health", timeout=120, proc=proc)
         yield url, proc
     finally:
-        os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGTERM)
+            try:
+                proc.wait(timeout=5)  # uvicorn's graceful stop can take 20 s: not needed here
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait(timeout=10)
 
 
 def test_corpus_pretrain_finetune_tracked_on_postgres_and_s3(
