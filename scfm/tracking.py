@@ -113,8 +113,10 @@ def log_params_flat(params: Mapping[str, Any]) -> None:
     """Log nested params flattened; long values are truncated (log the full JSON as artifact)."""
     import mlflow
 
+    from scfm.storage import redact_values
+
     flat = {}
-    for k, v in flatten(params).items():
+    for k, v in flatten(redact_values(dict(params))).items():
         text = v if isinstance(v, str) else json.dumps(v, default=str)
         flat[k] = text if len(text) <= _MAX_PARAM_LEN else text[: _MAX_PARAM_LEN - 3] + "..."
     mlflow.log_params(flat)

@@ -16,10 +16,10 @@ os.environ.setdefault("TQDM_DISABLE", "1")
 os.environ.setdefault("SCFM_CACHE_DIR", tempfile.mkdtemp(prefix="scfm-test-cache-"))
 
 
-@pytest.fixture(scope="session")
-def ray_local():
-    """A real local Ray instance shared by the whole session (starting one takes 5-15 s)."""
+def init_local_ray() -> None:
+    """Start the session's local Ray (also used to restore it after the multi-node tests)."""
     import ray
+    from ray.data import DataContext
 
     if not ray.is_initialized():
         ray.init(
@@ -28,9 +28,15 @@ def ray_local():
             include_dashboard=False,
             log_to_driver=False,
         )
-    from ray.data import DataContext
-
     DataContext.get_current().enable_progress_bars = False
+
+
+@pytest.fixture(scope="session")
+def ray_local():
+    """A real local Ray instance shared by the whole session (starting one takes 5-15 s)."""
+    import ray
+
+    init_local_ray()
     yield ray
     ray.shutdown()
 

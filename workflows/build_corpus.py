@@ -35,16 +35,21 @@ def _git_revision() -> str:
     return out.stdout.strip() if out.returncode == 0 else ""
 
 
-def main(argv: list[str] | None = None) -> None:
-    from scfm.cli import app
-
-    args = list(sys.argv[1:] if argv is None else argv)
+def cli_args(argv: list[str]) -> list[str]:
+    """The ``scfm`` command line this entry point runs (tests parse it with the real CLI)."""
+    args = list(argv)
     command = "refresh" if "--refresh" in args else "build"
     args = [a for a in args if a != "--refresh"]
     revision = _git_revision()
     if revision and "--help" not in args and not any(a.startswith("--code-revision") for a in args):
         args += ["--code-revision", revision]
-    app(["corpus", command, *args], prog_name="build_corpus.py")
+    return ["corpus", command, *args]
+
+
+def main(argv: list[str] | None = None) -> None:
+    from scfm.cli import app
+
+    app(cli_args(sys.argv[1:] if argv is None else argv), prog_name="build_corpus.py")
 
 
 if __name__ == "__main__":

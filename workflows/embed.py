@@ -18,10 +18,15 @@ from __future__ import annotations
 import sys
 
 
+def cli_args(argv: list[str]) -> list[str]:
+    """The ``scfm`` command line this entry point runs (tests parse it with the real CLI)."""
+    return ["embed", *argv]
+
+
 def main(argv: list[str] | None = None) -> None:
     from scfm.cli import app
 
-    app(["embed", *(sys.argv[1:] if argv is None else argv)], prog_name="embed.py")
+    app(cli_args(sys.argv[1:] if argv is None else argv), prog_name="embed.py")
 
 
 if __name__ == "__main__":

@@ -12,6 +12,8 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from scfm.storage import redact_uri
+
 if TYPE_CHECKING:
     from scfm.corpus.build import BuildConfig, BuildResult
     from scfm.corpus.manifest import Manifest
@@ -94,7 +96,7 @@ def build_and_log(cfg: BuildConfig) -> BuildResult:
 
     check_free(*resolve(cfg.output))  # before opening a run that could not be filled
     tags = {
-        "scfm.corpus_uri": cfg.output,
+        "scfm.corpus_uri": redact_uri(cfg.output),
         "scfm.corpus_kind": "refresh" if cfg.refresh else "build",
     }
     result = None
@@ -145,7 +147,7 @@ def log_build(result: BuildResult, cfg: BuildConfig) -> None:
     )
     tracking.log_params_flat(
         {
-            "output": cfg.output,
+            "output": redact_uri(cfg.output),
             "kind": man.kind,
             "corpus_version": man.corpus_version,
             "code_version": man.code_version,

@@ -198,10 +198,14 @@ def run_local(tasks: Sequence[Task], fps: dict[str, str], ctx: UnitContext) -> l
 
 def _ray_unit_batch(batch, sources: dict, fps: dict, ctx: UnitContext):
     """``map_batches`` body: one work unit per call, returns its result as a JSON row."""
+    import ray
+
+    node = ray.get_runtime_context().get_node_id()
     out = []
     for src_name, unit_json in zip(batch["source"], batch["unit"], strict=True):
         unit = WorkUnit.from_dict(json.loads(str(unit_json)))
         result = process_unit(sources[str(src_name)], unit, fps[str(src_name)], ctx)
+        result.node = node
         out.append(json.dumps(result.to_dict()))
     return {"result": np.array(out, dtype=object)}
 

@@ -83,6 +83,7 @@ class UnitResult:
     error: str = ""
     traceback: str = ""
     attempts: int = 1
+    node: str = ""  # the Ray node that ran the unit ("" when run in-process)
 
     @property
     def ok(self) -> bool:

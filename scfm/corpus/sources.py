@@ -164,6 +164,9 @@ class Source:
 _CENSUS_HANDLES: dict[tuple, Any] = {}
 
 
+_SCAN_ROWS = 262_144  # obs rows per planning read: bounds the driver's memory (benchmark)
+
+
 @dataclass
 class CensusSource(Source):
     """Cells of CELLxGENE Census (a pinned release) or of a Census-shaped SOMA store.
@@ -286,19 +289,58 @@ class CensusSource(Source):
             "census_schema_version": values.get("census_schema_version"),
         }
 
+    def _scan_obs(self, block_cells: int | None) -> tuple[dict[str, int], dict[str, list]]:
+        """One streaming pass over the selected cells' obs: counts, and block bounds.
+
+        Reads ``soma_joinid`` and ``dataset_id`` in slices of ``_SCAN_ROWS`` joinids, in order,
+        and keeps only a count per data set and, with ``block_cells``, one ``(first joinid, last
+        joinid, n)`` per block: driver memory grows with the number of blocks, not of cells
+        (at 50M cells: ~2,500 blocks of 20,000), plus one slice.
+        """
+        counts: dict[str, int] = {}
+        blocks: dict[str, list] = {}
+        current: dict[str, list] = {}  # data set -> [first, last, n] of its open block
+        obs = self._experiment().obs
+        (lo, hi), *_ = obs.non_empty_domain()  # soma_joinid range
+        for start in range(int(lo), int(hi) + 1, _SCAN_ROWS):
+            # a bounded slice of joinids per read (SOMA slices include both ends), in order
+            table = obs.read(
+                (slice(start, min(start + _SCAN_ROWS, int(hi) + 1) - 1),),
+                column_names=["soma_joinid", "dataset_id"],
+                value_filter=self.value_filter,
+                result_order="row-major",
+            ).concat()
+            if table.num_rows == 0:
+                continue
+            joinids = table.column("soma_joinid").to_numpy()
+            encoded = table.column("dataset_id").combine_chunks().dictionary_encode()
+            codes = encoded.indices.to_numpy()
+            names = encoded.dictionary.to_pylist()
+            for k, ds in enumerate(names):
+                ids = joinids[codes == k] if len(names) > 1 else joinids
+                counts[ds] = counts.get(ds, 0) + len(ids)
+                if block_cells is None:
+                    continue
+                i, cur = 0, current.get(ds)
+                while i < len(ids):
+                    if cur is None:
+                        cur = [int(ids[i]), int(ids[i]), 0]
+                    take = min(block_cells - cur[2], len(ids) - i)
+                    cur[1], cur[2] = int(ids[i + take - 1]), cur[2] + take
+                    i += take
+                    if cur[2] == block_cells:
+                        blocks.setdefault(ds, []).append(tuple(cur))
+                        cur = None
+                current[ds] = cur
+        for ds, cur in current.items():
+            if cur is not None:
+                blocks.setdefault(ds, []).append(tuple(cur))
+        return counts, blocks
+
     def datasets(self) -> list[DatasetRef]:
         census = self._open()
         table = census["census_info"]["datasets"].read().concat().to_pandas()
-        obs = (
-            self._experiment()
-            .obs.read(column_names=["soma_joinid", "dataset_id"], value_filter=self.value_filter)
-            .concat()
-            .to_pandas()
-        )
-        n_by_ds = obs.groupby("dataset_id").size().to_dict()
-        self._joinids = {  # driver-side cache for plan(); not pickled (see __getstate__)
-            ds: np.sort(g["soma_joinid"].to_numpy()) for ds, g in obs.groupby("dataset_id")
-        }
+        n_by_ds, _ = self._scan_obs(None)
         refs = []
         for row in table.itertuples():
             n = int(n_by_ds.get(row.dataset_id, 0))
@@ -317,33 +359,21 @@ class CensusSource(Source):
 
     def __getstate__(self) -> dict:
         state = dict(self.__dict__)
-        state.pop("_joinids", None)
+        state.pop("_blocks", None)
         return state
 
     def plan(self, ref: DatasetRef, block_cells: int) -> list[WorkUnit]:
-        joinids = getattr(self, "_joinids", None)
-        if joinids is None:
-            self.datasets()
-            joinids = self._joinids
-        sel = joinids.get(ref.dataset_id, np.zeros(0, np.int64))
-        starts = list(range(0, len(sel), block_cells))
-        units = []
-        for i, s in enumerate(starts):
-            chunk = sel[s : s + block_cells]
-            # [start, stop) in joinid space; selected cells in it are exactly `chunk`
-            units.append(
-                WorkUnit(
-                    self.name,
-                    ref.dataset_id,
-                    ref.version,
-                    i,
-                    len(starts),
-                    int(chunk[0]),
-                    int(chunk[-1]) + 1,
-                    len(chunk),
-                )
-            )
-        return units
+        cached = getattr(self, "_blocks", None)
+        if cached is None or cached[0] != block_cells:
+            # one pass for every data set, cached per block size (driver only, not pickled)
+            cached = (block_cells, self._scan_obs(block_cells)[1])
+            self._blocks = cached
+        bounds = cached[1].get(ref.dataset_id, [])
+        # [start, stop) in joinid space; the selected cells in it are exactly the block's n
+        return [
+            WorkUnit(self.name, ref.dataset_id, ref.version, i, len(bounds), lo, hi + 1, n)
+            for i, (lo, hi, n) in enumerate(bounds)
+        ]
 
     def read(self, unit: WorkUnit) -> CellBlock:
         exp = self._experiment()

@@ -4,7 +4,8 @@ It returns a :class:`~scfm.inference.handle.Model`: the module, where it came fr
 inference API as methods. Accepted specs:
 
 * an :class:`~scfm.model.XTrimoGene` (used as is),
-* a local scfm checkpoint folder or its ``model.pt`` (``scfm.model.save_checkpoint``),
+* a local scfm checkpoint folder or its ``model.pt`` (``scfm.model.save_checkpoint``), or a
+  checkpoint folder on an object store (``s3://bucket/ray/run/checkpoint_…``, downloaded first),
 * an MLflow model URI, ``models:/name/version`` (also ``models:/name@alias``, ``runs:/id/model``),
   downloaded from the tracking server's registry (no pickled model flavour: plain files),
 * the official scFoundation ``models.ckpt`` (``gene`` / ``cell`` / ``rde`` entries); pick the
@@ -15,7 +16,7 @@ from __future__ import annotations
 
 import logging
 import tempfile
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -31,6 +32,7 @@ from scfm.model.checkpoint import (
 )
 from scfm.model.xtrimogene import XTrimoGene
 from scfm.runtime import resolve_device
+from scfm.storage import download_dir, exists, is_uri, redact_uri
 
 if TYPE_CHECKING:
     from scfm.inference.handle import Model
@@ -117,6 +119,10 @@ def load_model_with_info(
     text = str(spec)
     if text.startswith(MODEL_URI_SCHEMES):
         model, info = _from_mlflow(text, overrides)
+    elif is_uri(text):  # a checkpoint folder on an object store (s3://…/checkpoint_000004)
+        with tempfile.TemporaryDirectory(prefix="scfm-model-") as tmp:
+            model, info = _from_path(download_dir(text, tmp), variant, overrides)
+        info = replace(info, source=redact_uri(text))
     else:
         model, info = _from_path(Path(text).expanduser(), variant, overrides)
     return model.to(dev).eval(), info
@@ -231,6 +237,10 @@ def check_model_spec(spec: str | Path) -> None:
     """Fail early (on the driver) for a local model path that does not exist."""
     text = str(spec)
     if text.startswith(MODEL_URI_SCHEMES):
+        return
+    if is_uri(text):
+        if not exists(text):
+            raise FileNotFoundError(f"model {redact_uri(text)!r} not found")
         return
     if not Path(text).expanduser().exists():
         raise FileNotFoundError(

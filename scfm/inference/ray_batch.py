@@ -21,6 +21,7 @@ import logging
 import math
 import re
 import shutil
+import tempfile
 import time
 import uuid
 from collections.abc import Sequence
@@ -384,10 +385,16 @@ def embed_dataset(cfg: EmbedJobConfig) -> EmbedJobResult:
     from scfm.inference.loading import check_model_spec, is_official_spec
     from scfm.inference.settings import resolve_settings
     from scfm.runtime import resolve_device
+    from scfm.storage import is_uri, list_files, move_dir, redact_uri
 
+    remote = is_uri(cfg.output)
     out = Path(cfg.output)
-    if out.exists() and any(out.iterdir()) and not cfg.overwrite:
-        raise FileExistsError(f"{out} exists and is not empty; pass overwrite=True (--overwrite)")
+    if (list_files(cfg.output) if remote else out.exists() and any(out.iterdir())) and not (
+        cfg.overwrite
+    ):
+        raise FileExistsError(
+            f"{redact_uri(cfg.output)} exists and is not empty; pass overwrite=True (--overwrite)"
+        )
     check_model_spec(cfg.model)
     settings = resolve_settings(
         cfg.settings,  # type: ignore[arg-type]
@@ -422,28 +429,30 @@ def embed_dataset(cfg: EmbedJobConfig) -> EmbedJobResult:
         num_cpus=cfg.num_cpus_per_actor,
     )
     # write beside the target and rename: readers never see a half-written output
-    tmp = out.with_name(f"{out.name}.tmp-{uuid.uuid4().hex[:8]}")
+    # (object stores have no folder rename: files are moved one by one after the count check)
+    tmp = (cfg.output.rstrip("/") if remote else str(out)) + f".tmp-{uuid.uuid4().hex[:8]}"
     try:
-        ds.write_parquet(str(tmp))
+        ds.write_parquet(tmp)
     except Exception as exc:
-        shutil.rmtree(tmp, ignore_errors=True)
+        _remove(tmp)
         cause = _user_error(exc)
         if cause is not None:  # the actionable error from inside a task, not Ray's wrapper
             raise cause from exc
         raise
     except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
+        _remove(tmp)
         raise
     n_cells, dim = _count_rows(tmp)
     if n_cells != n_expected:
         raise RuntimeError(
-            f"wrote {n_cells} embeddings for {n_expected} input cells; output left in {tmp}"
+            f"wrote {n_cells} embeddings for {n_expected} input cells; "
+            f"output left in {redact_uri(tmp)}"
         )
-    if out.exists():
-        shutil.rmtree(out)
-    tmp.rename(out)
+    _remove(cfg.output)
+    move_dir(tmp, cfg.output if remote else str(out))
     seconds = time.perf_counter() - t0
-    result = EmbedJobResult(str(out), n_cells, dim, seconds, lineage["scfm.source_kind"])
+    output = cfg.output if remote else str(out)
+    result = EmbedJobResult(output, n_cells, dim, seconds, lineage["scfm.source_kind"])
     log.info("embedded %d cells in %.1f s (%.1f cells/s)", n_cells, seconds, result.cells_per_s)
     if cfg.mlflow:
         _log_run(cfg, result, lineage, out, settings.record())
@@ -484,14 +493,31 @@ def _user_error(exc: BaseException) -> Exception | None:
     return None
 
 
-def _count_rows(folder: Path) -> tuple[int, int]:
+def _remove(folder: str) -> None:
+    from scfm.storage import delete_dir, is_uri
+
+    if is_uri(folder):
+        delete_dir(folder)
+    else:
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+def _count_rows(folder: str | Path) -> tuple[int, int]:
     import pyarrow.parquet as pq
 
-    files = sorted(folder.glob("*.parquet"))
-    n = sum(pq.ParquetFile(f).metadata.num_rows for f in files)
+    from scfm.storage import list_files, resolve
+
+    files = [f for f in list_files(str(folder)) if f.endswith(".parquet")]
     if not files:
         return 0, 0
-    field_type = pq.read_schema(files[0]).field(EMBEDDING_COLUMN).type
+    n = 0
+    for f in files:
+        fs, path = resolve(f)
+        with fs.open_input_file(path) as fh:
+            n += pq.ParquetFile(fh).metadata.num_rows
+    fs, path = resolve(files[0])
+    with fs.open_input_file(path) as fh:
+        field_type = pq.read_schema(fh).field(EMBEDDING_COLUMN).type
     return n, int(field_type.list_size)
 
 
@@ -518,9 +544,10 @@ def _log_run(
     import mlflow
 
     from scfm.inference.plots import umap_figure
+    from scfm.storage import is_uri, redact_values
     from scfm.tracking import log_figure, log_metrics, log_params_flat, start_run
 
-    tags = {**lineage, "scfm.model": str(cfg.model), **cfg.tags}
+    tags = redact_values({**lineage, "scfm.model": str(cfg.model), **cfg.tags})
     with start_run("embed", experiment=cfg.experiment, run_name=cfg.run_name, tags=tags) as run:
         log_params_flat({"embed": cfg.to_dict(), "settings": settings})
         log_metrics(
@@ -532,7 +559,7 @@ def _log_run(
             }
         )
         result.run_id = run.info.run_id
-        mlflow.log_dict(asdict(result), "embed_result.json")
+        mlflow.log_dict(redact_values(asdict(result)), "embed_result.json")
         if cfg.umap_color:
             table, emb = read_embeddings(result.output)
             labels = (
@@ -550,7 +577,12 @@ def _log_run(
                 max_cells=cfg.umap_max_cells,
             )
             # beside the output folder, not in it: parquet readers of the folder stay happy
-            umap_file = out.with_name(out.name + "_umap.png")
+            # (an object-store output gets its plot in MLflow only, via a temporary file)
+            umap_file = (
+                Path(tempfile.mkdtemp(prefix="scfm-umap-")) / "umap.png"
+                if is_uri(str(cfg.output))
+                else out.with_name(out.name + "_umap.png")
+            )
             fig.savefig(umap_file, dpi=120, bbox_inches="tight")
             result.umap_path = str(umap_file)
             log_figure(fig, "plots/umap.png")

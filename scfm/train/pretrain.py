@@ -14,15 +14,10 @@ from pathlib import Path
 from typing import Any
 
 from scfm.runtime import ensure_ray
+from scfm.storage import is_uri, join_uri, redact_uri, redact_uri_text, redact_values
 from scfm.train.config import PretrainConfig
-from scfm.train.ray_train import TRAIN_STATE_FILE, train_loop_per_worker
-from scfm.train.resume import (
-    COMPLETE_FILE,
-    ResumeError,
-    check_resume,
-    is_complete,
-    latest_checkpoint,
-)
+from scfm.train.ray_train import train_loop_per_worker
+from scfm.train.resume import check_resume, latest_checkpoint, resume_checkpoint
 
 __all__ = ["PretrainResult", "build_trainer", "latest_checkpoint", "run_pretraining"]
 
@@ -41,7 +36,7 @@ class PretrainResult:
 def corpus_info(corpus) -> dict[str, str]:
     """Corpus version, manifest checksum and build run, linking the run to the data it saw."""
     info = {
-        "corpus.uri": corpus.uri,
+        "corpus.uri": redact_uri(corpus.uri),
         "corpus.version": str(corpus.version),
         "corpus.manifest_sha256": corpus.manifest.checksum,
         "corpus.n_cells": str(corpus.n_cells),
@@ -94,8 +89,15 @@ def build_trainer(
     )
 
 
+def _checkpoint_uri(path: str, storage_path: str) -> str:
+    """Ray's checkpoint path (scheme-less on object stores) as a URI like ``storage_path``."""
+    if is_uri(storage_path) and "://" not in path:
+        return f"{storage_path.split('://', 1)[0]}://{path.lstrip('/')}"
+    return path
+
+
 def _storage(path: str) -> str:
-    return path if "://" in path else str(Path(path).resolve())
+    return path if is_uri(path) else str(Path(path).resolve())
 
 
 def run_pretraining(
@@ -132,14 +134,8 @@ def run_pretraining(
         raise ValueError("no corpus: set data.corpus (a directory built by `scfm corpus build`)")
     resume_from = None
     if resume:
-        p = Path(resume)
-        if (p / TRAIN_STATE_FILE).is_file() and (p / COMPLETE_FILE).exists() and not is_complete(p):
-            raise ResumeError(
-                f"{p} is an incomplete checkpoint (files missing or cut short): pass the run "
-                "directory instead, to resume from its newest complete checkpoint"
-            )
-        resume_from = str(p if (p / TRAIN_STATE_FILE).is_file() else latest_checkpoint(p))
-        logger.info("resuming from %s", resume_from)
+        resume_from = resume_checkpoint(resume)
+        logger.info("resuming from %s", redact_uri(resume_from))
 
     uri = tracking_uri()
     model_cfg = cfg.model_config()
@@ -147,7 +143,7 @@ def run_pretraining(
     ensure_ray()  # after the checks: a refused resume starts nothing
     info = corpus_info(corpus)
     run_tags = {
-        "scfm.resumed_from": resume_from or "",
+        "scfm.resumed_from": redact_uri(resume_from or ""),
         "scfm.corpus_version": info["corpus.version"],
         "scfm.corpus_uri": info["corpus.uri"],
         "scfm.corpus_run_id": info.get("corpus.mlflow_run_id", ""),
@@ -159,9 +155,9 @@ def run_pretraining(
         run_name=cfg.tracking.run_name or cfg.name,
         tags=run_tags,
     ) as run:
-        mlflow.log_params(flatten({"cfg": cfg.to_dict()}) | info)
+        mlflow.log_params(flatten(redact_values({"cfg": cfg.to_dict()})) | info)
         mlflow.log_params({f"model.{k}": v for k, v in model_cfg.to_dict().items()})
-        mlflow.log_text(cfg.to_yaml(), "config/pretrain.yaml")
+        mlflow.log_text(redact_uri_text(cfg.to_yaml()), "config/pretrain.yaml")
         trainer = build_trainer(
             cfg,
             corpus.version,
@@ -174,7 +170,7 @@ def run_pretraining(
         result = trainer.fit()
         if result.checkpoint is None:
             raise RuntimeError(f"pretraining ended without a checkpoint: {result.error}")
-        checkpoint_dir = result.checkpoint.path
+        checkpoint_dir = _checkpoint_uri(result.checkpoint.path, cfg.storage_path)
         with result.checkpoint.as_directory() as d:
             mlflow.log_artifacts(d, "model")
         model_uri = None
@@ -187,7 +183,7 @@ def run_pretraining(
             run_id=run.info.run_id,
             metrics=metrics,
             checkpoint_dir=checkpoint_dir,
-            run_dir=str(Path(_storage(cfg.storage_path)) / cfg.name),
+            run_dir=join_uri(_storage(cfg.storage_path), cfg.name),
             model_uri=model_uri,
         )
 

@@ -10,16 +10,22 @@
   checksum). It returns the corpus *at the version the checkpoint recorded*, so a refresh
   committed since then does not change what a resumed run reads.
 
-Local checkpoint folders only; object-store checkpoint URIs are handled on the cluster branch.
+Checkpoint locations are local paths or object-store URIs (``s3://…``), read through
+:mod:`scfm.storage` (pyarrow filesystems).
 """
 
 from __future__ import annotations
 
+import io
 import json
 import logging
 from pathlib import Path
 from typing import Any
 
+import pyarrow.fs as pafs
+
+from scfm.storage import exists as _exists
+from scfm.storage import is_uri, join_uri, list_files, redact_uri, resolve
 from scfm.train.config import PretrainConfig
 
 logger = logging.getLogger(__name__)
@@ -57,48 +63,93 @@ def write_complete_marker(folder: str | Path, step: int) -> None:
     tmp.replace(folder / COMPLETE_FILE)
 
 
+def _read_bytes(uri: str) -> bytes:
+    fs, path = resolve(uri)
+    with fs.open_input_file(path) as f:
+        return f.read()
+
+
+def _load(uri: str) -> Any:
+    """``torch.load`` (weights only) of a local file (memory-mapped) or an object-store file."""
+    import torch
+
+    if is_uri(uri):
+        return torch.load(io.BytesIO(_read_bytes(uri)), map_location="cpu", weights_only=True)
+    return torch.load(uri, map_location="cpu", weights_only=True, mmap=True)
+
+
 def is_complete(folder: str | Path) -> bool:
     """The marker is there and every file it lists exists with its recorded size."""
-    folder = Path(folder)
+    folder = str(folder)
     try:
-        marker = json.loads((folder / COMPLETE_FILE).read_text())
+        marker = json.loads(_read_bytes(join_uri(folder, COMPLETE_FILE)))
     except (OSError, ValueError):
         return False
+    fs, root = resolve(folder)
     for name, size in marker.get("files", {}).items():
-        p = folder / name
-        if not p.is_file() or p.stat().st_size != size:
+        info = fs.get_file_info(f"{root}/{name}")
+        if info.type != pafs.FileType.File or info.size != size:
             return False
     return True
 
 
-def latest_checkpoint(run_dir: str | Path) -> Path:
+def latest_checkpoint(run_dir: str | Path) -> str:
     """The complete checkpoint with the highest step under a Ray Train run directory.
 
-    Folders without a marker come from scfm before markers existed; they are used (with a
-    warning) only when no folder has one.
+    ``run_dir`` is a local path or an object-store URI. Folders without a marker come from
+    scfm before markers existed; they are used (with a warning) only when no folder has one.
     """
-    import torch
-
+    run_dir = str(run_dir)
+    files = list_files(run_dir)
+    names = set(files)
     complete, legacy, broken = [], [], []
-    for state in Path(run_dir).rglob(TRAIN_STATE_FILE):
-        folder = state.parent
-        if (folder / COMPLETE_FILE).exists():
+    for state in files:
+        if state.rsplit("/", 1)[-1] != TRAIN_STATE_FILE:
+            continue
+        folder = state.rsplit("/", 1)[0]
+        if join_uri(folder, COMPLETE_FILE) in names:
             (complete if is_complete(folder) else broken).append(folder)
         else:
             legacy.append(folder)
     for folder in broken:
-        logger.warning("skipping incomplete checkpoint %s (files missing or cut short)", folder)
+        logger.warning(
+            "skipping incomplete checkpoint %s (files missing or cut short)", redact_uri(folder)
+        )
     candidates = complete
     if not candidates and legacy:
-        logger.warning("no checkpoint under %s has a completion marker: using unmarked", run_dir)
+        logger.warning(
+            "no checkpoint under %s has a completion marker: using unmarked", redact_uri(run_dir)
+        )
         candidates = legacy
     if not candidates:
-        raise FileNotFoundError(f"no complete checkpoint ({TRAIN_STATE_FILE}) under {run_dir}")
+        raise FileNotFoundError(
+            f"no complete checkpoint ({TRAIN_STATE_FILE}) under {redact_uri(run_dir)}"
+        )
 
-    def step(folder: Path) -> int:
-        return int(torch.load(folder / TRAIN_STATE_FILE, weights_only=True)["step"])
+    def step(folder: str) -> int:
+        return int(_load(join_uri(folder, TRAIN_STATE_FILE))["step"])
 
-    return max(candidates, key=lambda f: (step(f), str(f)))
+    return max(candidates, key=lambda f: (step(f), f))
+
+
+def resume_checkpoint(resume: str | Path) -> str:
+    """The checkpoint folder to continue from: ``resume`` itself or its newest complete one.
+
+    A checkpoint folder given directly must be complete when it has a marker.
+    """
+    resume = str(resume)
+    if not is_uri(resume):
+        resume = str(Path(resume).resolve())
+    if not _exists(resume):
+        raise FileNotFoundError(f"--resume {redact_uri(resume)} does not exist")
+    if _exists(join_uri(resume, TRAIN_STATE_FILE)):
+        if _exists(join_uri(resume, COMPLETE_FILE)) and not is_complete(resume):
+            raise ResumeError(
+                f"{redact_uri(resume)} is an incomplete checkpoint (files missing or cut short): "
+                "pass the run directory instead, to resume from its newest complete checkpoint"
+            )
+        return resume
+    return latest_checkpoint(resume)
 
 
 def _get(d: dict[str, Any], dotted: str) -> Any:
@@ -109,15 +160,14 @@ def _get(d: dict[str, Any], dotted: str) -> Any:
 
 def check_resume(cfg: PretrainConfig, checkpoint: str | Path):
     """Refuse an incompatible checkpoint; return the corpus at the version it trained on."""
-    import torch
-
     from scfm.corpus.loader import open_corpus
     from scfm.data.genes import GeneVocab
     from scfm.model.checkpoint import WEIGHTS_FILE
 
-    folder = Path(checkpoint)
-    payload = torch.load(folder / WEIGHTS_FILE, map_location="cpu", weights_only=True, mmap=True)
-    state = torch.load(folder / TRAIN_STATE_FILE, map_location="cpu", weights_only=True)
+    location = str(checkpoint)
+    payload = _load(join_uri(location, WEIGHTS_FILE))
+    state = _load(join_uri(location, TRAIN_STATE_FILE))
+    folder = redact_uri(location)
     meta = payload.get("metadata", {})
     vocab = GeneVocab.load()
     if payload.get("genes_sha256") != vocab.checksum:

@@ -150,7 +150,11 @@ def test_sigkilled_worker_resumes_to_the_weights_of_an_uninterrupted_run(
     assert not os.path.exists(f"/proc/{pid}")  # that worker process is gone
     assert hit.metrics["step"] == 12
     assert _history(hit.run_id, "restored_step") == [(6, 6.0)]
-    assert [s for s, _ in _history(hit.run_id, "loss")].count(8) == 2  # 7..9 ran twice
+    steps = [s for s, _ in _history(hit.run_id, "loss")]
+    # every step is in MLflow; 7..9 ran twice, but rank 0's metrics buffered in the attempt that
+    # was torn down may be lost with it (the replay logs those steps again), so 1 or 2 entries
+    assert set(steps) == set(range(1, 13))
+    assert steps.count(10) == 1 and steps.count(8) in (1, 2)
     a = read_checkpoint(ref.checkpoint_dir)["state_dict"]
     b = read_checkpoint(hit.checkpoint_dir)["state_dict"]
     assert a.keys() == b.keys()

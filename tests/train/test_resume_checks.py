@@ -119,11 +119,11 @@ def test_only_complete_checkpoints_are_resumed(tmp_path, corpus_v1):
     run = tmp_path / "run"
     _checkpoint(run / "checkpoint_000001", cfg, step=6)
     late = _checkpoint(run / "checkpoint_000002", cfg, step=12)
-    assert latest_checkpoint(run) == late
+    assert latest_checkpoint(run) == str(late)
     marker = (late / COMPLETE_FILE).read_text()
     assert WEIGHTS_FILE in marker and TRAIN_STATE_FILE in marker
     weights = late / WEIGHTS_FILE
     weights.write_bytes(weights.read_bytes()[:1000])  # an upload cut short
-    assert latest_checkpoint(run) == run / "checkpoint_000001"
+    assert latest_checkpoint(run) == str(run / "checkpoint_000001")
     with pytest.raises(ResumeError, match="incomplete checkpoint .* pass the run directory"):
         run_pretraining(dataclasses.replace(cfg, name="x"), resume=str(late))
