@@ -14,6 +14,8 @@ from typing import Annotated
 import typer
 from rich.console import Console
 
+from scfm.tasks.cli_common import CPUS_PER_TRIAL, GPUS_PER_TRIAL, GRACE_PERIOD, NUM_SAMPLES
+
 finetune_app = typer.Typer(
     help="Fine-tune downstream heads with Ray Tune sweeps (MLflow experiment 'finetune').",
     no_args_is_help=True,
@@ -261,11 +263,11 @@ def finetune_annotation_cmd(
     finetune_layers: Annotated[
         int, typer.Option(help="Encoder layers trained with the head (0 = frozen embeddings).")
     ] = 0,
-    num_samples: Annotated[int, typer.Option(help="Trials drawn from the search space.")] = 8,
+    num_samples: NUM_SAMPLES = 8,
     max_epochs: Annotated[int, typer.Option(help="Epochs per trial (ASHA max_t).")] = 40,
-    grace_period: Annotated[int, typer.Option(help="Epochs before ASHA may stop a trial.")] = 4,
-    cpus_per_trial: Annotated[float, typer.Option(help="CPUs per trial.")] = 1.0,
-    gpus_per_trial: Annotated[float, typer.Option(help="GPUs per trial.")] = 0.0,
+    grace_period: GRACE_PERIOD = 4,
+    cpus_per_trial: CPUS_PER_TRIAL = 1.0,
+    gpus_per_trial: GPUS_PER_TRIAL = 0.0,
     register_as: Annotated[
         str | None, typer.Option(help="Model registry name for the best head.")
     ] = "scfm-annotation-head",

@@ -30,6 +30,12 @@ MODELS = Annotated[
 CONTROL = Annotated[bool, typer.Option(help="Add the random-init control.")]
 LOG_EVALUATION = Annotated[bool, typer.Option(help="Log a run to MLflow (experiment 'evaluate').")]
 
+# Ray Tune sweep options every fine-tuning command shares (defaults stay with each command)
+NUM_SAMPLES = Annotated[int, typer.Option(help="Trials drawn from the search space.")]
+GRACE_PERIOD = Annotated[int, typer.Option(help="Epochs before ASHA may stop a trial.")]
+CPUS_PER_TRIAL = Annotated[float, typer.Option(help="CPUs per trial.")]
+GPUS_PER_TRIAL = Annotated[float, typer.Option(help="GPUs per trial.")]
+
 
 def fail(exc: Exception) -> NoReturn:
     """Print a user error (its type and message) and exit with code 1."""

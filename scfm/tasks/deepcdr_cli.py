@@ -20,9 +20,13 @@ import typer
 
 from scfm.tasks.cli_common import (
     CONTROL,
+    CPUS_PER_TRIAL,
     DEVICE,
+    GPUS_PER_TRIAL,
+    GRACE_PERIOD,
     LOG_EVALUATION,
     MODELS,
+    NUM_SAMPLES,
     USER_ERRORS,
     console,
     fail,
@@ -228,11 +232,11 @@ def finetune_deepcdr_command(
     ] = "random",
     test_size: TEST_SIZE = 0.1,
     val_size: VAL_SIZE = 0.1,
-    num_samples: Annotated[int, typer.Option(help="Trials drawn from the search space.")] = 8,
+    num_samples: NUM_SAMPLES = 8,
     max_epochs: Annotated[int, typer.Option(help="Epochs per trial (ASHA max_t).")] = 40,
-    grace_period: Annotated[int, typer.Option(help="Epochs before ASHA may stop a trial.")] = 4,
-    cpus_per_trial: Annotated[float, typer.Option(help="CPUs per trial.")] = 1.0,
-    gpus_per_trial: Annotated[float, typer.Option(help="GPUs per trial.")] = 0.0,
+    grace_period: GRACE_PERIOD = 4,
+    cpus_per_trial: CPUS_PER_TRIAL = 1.0,
+    gpus_per_trial: GPUS_PER_TRIAL = 0.0,
     register_as: Annotated[
         str | None, typer.Option(help="Model registry name for the best head.")
     ] = "scfm-deepcdr-head",

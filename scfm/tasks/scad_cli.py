@@ -23,9 +23,13 @@ import typer
 
 from scfm.tasks.cli_common import (
     CONTROL,
+    CPUS_PER_TRIAL,
     DEVICE,
+    GPUS_PER_TRIAL,
+    GRACE_PERIOD,
     LOG_EVALUATION,
     MODELS,
+    NUM_SAMPLES,
     USER_ERRORS,
     console,
     fail,
@@ -232,11 +236,11 @@ def finetune_scad_command(
     model: Annotated[
         str, typer.Option(help="Backbone: checkpoint, models:/name/version or random:<preset>.")
     ] = "random:tiny",
-    num_samples: Annotated[int, typer.Option(help="Trials drawn from the search space.")] = 8,
+    num_samples: NUM_SAMPLES = 8,
     max_epochs: Annotated[int, typer.Option(help="Epochs per trial (ASHA max_t).")] = 40,
-    grace_period: Annotated[int, typer.Option(help="Epochs before ASHA may stop a trial.")] = 8,
-    cpus_per_trial: Annotated[float, typer.Option(help="CPUs per trial.")] = 1.0,
-    gpus_per_trial: Annotated[float, typer.Option(help="GPUs per trial.")] = 0.0,
+    grace_period: GRACE_PERIOD = 8,
+    cpus_per_trial: CPUS_PER_TRIAL = 1.0,
+    gpus_per_trial: GPUS_PER_TRIAL = 0.0,
     register_as: Annotated[
         str | None, typer.Option(help="Model registry name for the best head.")
     ] = "scfm-scad-head",
