@@ -9,7 +9,7 @@ from __future__ import annotations
 import logging
 import tempfile
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -132,6 +132,8 @@ def run_pretraining(
     cfg = cfg.with_run_name()
     if not cfg.data.corpus:
         raise ValueError("no corpus: set data.corpus (a directory built by `scfm corpus build`)")
+    if not is_uri(cfg.data.corpus):  # workers run in Ray's own working directory
+        cfg = replace(cfg, data=replace(cfg.data, corpus=str(Path(cfg.data.corpus).resolve())))
     resume_from = None
     if resume:
         resume_from = resume_checkpoint(resume)

@@ -64,11 +64,14 @@ def _tracked_corpus(out) -> str:
     return str(out)
 
 
-def test_two_workers_learn_register_and_resume(ray_local, mlflow_uri, tmp_path, kang_vocab_counts):
+def test_two_workers_learn_register_and_resume(
+    ray_local, mlflow_uri, tmp_path, kang_vocab_counts, monkeypatch
+):
     from scfm.corpus.loader import open_corpus
 
     corpus_uri = _tracked_corpus(tmp_path / "corpus")
-    cfg = _cfg(corpus_uri, str(tmp_path / "ray"), "run-a", steps=12)
+    monkeypatch.chdir(tmp_path)  # a relative corpus path: resolved on the driver, not the workers
+    cfg = _cfg("corpus", str(tmp_path / "ray"), "run-a", steps=12)
     result = run_pretraining(cfg)
     assert result.metrics["step"] == 12
     # the run is linked to the corpus build: its run id, version and manifest checksum
