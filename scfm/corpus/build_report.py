@@ -125,6 +125,13 @@ def log_build(result: BuildResult, cfg: BuildConfig) -> None:
         }
     )
     tracking.log_metrics(metrics_of(man, result))
+    tracking.log_corpus_input(
+        cfg.output,
+        man.corpus_version,
+        man.checksum,
+        context="build",
+        n_cells=man.totals["n_cells_kept"],
+    )
     tracking.log_json(man.to_dict(), "manifest.json")
     versions = {d.label: d.version for d in man.datasets}
     tracking.log_json(
