@@ -174,10 +174,9 @@ def pretrain_demo_model(cfg: DemoConfig, corpus: str):
 
 def embed_demo_data(cfg: DemoConfig, model_uri: str, console: Console) -> Path | None:
     """Step 4: the demo model's embeddings of Kang PBMC and their UMAP picture."""
-    import matplotlib
+    from scfm.plotting import pyplot
 
-    matplotlib.use("Agg", force=False)
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     from scfm.data.io import read_counts
     from scfm.inference import embed

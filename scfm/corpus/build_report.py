@@ -21,10 +21,9 @@ logger = logging.getLogger(__name__)
 
 def qc_figure(histograms: dict, edges: dict):
     """Two panels: counts per cell and expressed genes per cell (log10), all vs kept cells."""
-    import matplotlib
+    from scfm.plotting import pyplot
 
-    matplotlib.use("Agg", force=False)
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     fig, axes = plt.subplots(1, 2, figsize=(10, 3.6))
     titles = {"total_counts": "counts per cell", "n_genes": "expressed genes per cell"}
