@@ -135,7 +135,8 @@ def demo(
     results = run_demo(cfg, console)
     console.rule("[bold]Results")
     for label, where in results.items():
-        console.print(f"  {label:<18} {where}", highlight=False)
+        # soft_wrap: long links stay one line (the terminal wraps them; copying gets them whole)
+        console.print(f"  {label:<18} {where}", highlight=False, soft_wrap=True)
 
 
 @data_app.command("list")

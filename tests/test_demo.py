@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import re
 import shutil
+from pathlib import Path
 from urllib.parse import unquote
 
 import mlflow
@@ -86,6 +87,14 @@ def test_demo_runs_the_pipeline_and_says_where_results_are(demo_run):
     assert str(tmp_path) in out and "models:/scfm-demo/1" in out
     assert f"mlflow ui --backend-store-uri {demo_run.uri} --port 5000" in out
     assert re.search(r"wall time\s+\d+ s", out)
+
+    # the README's sample of this output: the same stages, the same result labels
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    sample = readme.split("and ends by printing where everything is:", 1)[1].split("```")[1]
+    stages = re.findall(r"─ (\d/7 [a-z]+)", sample)
+    assert len(stages) == 7 and all(s in out for s in stages), stages
+    labels = re.findall(r"^  ([A-Za-z][A-Za-z ()]+?)\s+(?:…|http|mlflow|models)", sample, re.M)
+    assert len(labels) >= 9 and all(label in out for label in labels), labels
 
 
 def _tags(run, prefix="scfm."):

@@ -137,3 +137,14 @@ def test_04_official_weights(tmp_path, monkeypatch):
     text = outputs_text(nb)
     assert "official" in text and "median cosine similarity" in text
     assert images(nb) >= 1
+
+
+def test_readme_lists_every_notebook():
+    """The README's Notebooks table names exactly the notebooks this suite executes."""
+    import re
+
+    readme = (ROOT / "README.md").read_text()
+    section = readme.split("### Notebooks", 1)[1].split("\n## ", 1)[0]
+    listed = re.findall(r"`notebooks/(\w+)\.ipynb`", section)
+    assert listed == sorted(p.stem for p in NOTEBOOKS.glob("*.ipynb"))
+    assert "pytest tests/test_notebooks.py" in section
