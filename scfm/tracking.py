@@ -7,6 +7,13 @@
   ``embed``, ``evaluate``).
 * Tags on every run: ``scfm.version``, ``scfm.stage``; lineage tags such as
   ``scfm.corpus_version`` / ``scfm.corpus_uri`` link a pretraining run to its corpus.
+* Lineage, stage to stage: corpus build run (``scfm.corpus_version``, manifest checksum, the
+  corpus logged as an MLflow dataset) → pretraining run (``scfm.corpus_run_id``, the same dataset
+  as its training input, the checkpoint as a logged model and a registered model version) →
+  evaluation / fine-tuning runs (``scfm.model_uri``, ``scfm.pretrain_run_id``,
+  ``scfm.corpus_version``, ``scfm.corpus_run_id``; the corpus the model saw as an input).
+  :func:`start_run` with ``lineage=[model specs]`` writes the last link.
+* Each experiment carries a description (:data:`EXPERIMENT_DESCRIPTIONS`, shown in the UI).
 
 mlflow is imported inside the functions: ``import scfm.tracking`` is free.
 
@@ -23,7 +30,7 @@ import json
 import logging
 import math
 import os
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -39,6 +46,21 @@ EXPERIMENTS: dict[str, str] = {
     "embed": "embed",
     "evaluate": "evaluate",
 }
+EXPERIMENT_DESCRIPTIONS: dict[str, str] = {
+    "corpus": "scfm corpus builds and refreshes (Ray Data): cells kept / dropped by QC, genes "
+    "mapped, the manifest. The Dataset column is the committed corpus version.",
+    "pretrain": "scfm pretraining runs (Ray Train): losses, throughput, checkpoints. Tags "
+    "scfm.corpus_version / scfm.corpus_run_id link each run to its corpus build; the model is "
+    "registered in the model registry.",
+    "finetune": "Ray Tune sweeps of downstream heads: one parent run per sweep, its trials "
+    "nested under it. Tags scfm.model_uri / scfm.pretrain_run_id name the backbone.",
+    "embed": "Embedding jobs: cells embedded with a pretrained model.",
+    "evaluate": "scfm vs baselines on downstream tasks (annotation, DeepCDR, SCAD, GEARS): "
+    "one run per evaluation. Tags scfm.model_uri / scfm.pretrain_run_id / scfm.corpus_version "
+    "trace the model back to its pretraining run and corpus.",
+}
+_NOTE_TAG = "mlflow.note.content"  # the experiment description the MLflow UI shows
+_MAX_DIGEST_LEN = 36  # MLflow's dataset digest column (String(36))
 _MAX_PARAM_LEN = 500  # MLflow's limit on a param value (6000 in recent servers; stay portable)
 
 
@@ -61,10 +83,20 @@ def ensure_experiment(stage: str, name: str | None = None) -> str:
 
     mlflow.set_tracking_uri(tracking_uri())
     name = name or experiment_name(stage)
+    description = EXPERIMENT_DESCRIPTIONS.get(stage, "")
     exp = mlflow.get_experiment_by_name(name)
     if exp:
+        if description and not exp.tags.get(_NOTE_TAG):
+            mlflow.MlflowClient().set_experiment_tag(exp.experiment_id, _NOTE_TAG, description)
         return exp.experiment_id
-    return mlflow.create_experiment(name, artifact_location=artifact_location())
+    tags = {_NOTE_TAG: description} if description else None
+    try:
+        return mlflow.create_experiment(name, artifact_location=artifact_location(), tags=tags)
+    except mlflow.exceptions.MlflowException:  # created concurrently (Tune workers)
+        exp = mlflow.get_experiment_by_name(name)
+        if exp is None:
+            raise
+        return exp.experiment_id
 
 
 def artifact_location() -> str | None:
@@ -86,15 +118,154 @@ def start_run(
     run_name: str | None = None,
     tags: Mapping[str, str] | None = None,
     experiment: str | None = None,
+    lineage: Sequence[str] = (),
 ) -> Iterator[Any]:
-    """A run in the stage's experiment (or ``experiment``), tagged with version and stage."""
+    """A run in the stage's experiment (or ``experiment``), tagged with version and stage.
+
+    ``lineage``: the model specs the run uses; the first registered one (``models:/name/N``)
+    links the run to its pretraining run and corpus (:func:`log_model_lineage`).
+    """
     import mlflow
 
     mlflow.set_tracking_uri(tracking_uri())
     experiment_id = ensure_experiment(stage, experiment)
     all_tags = {"scfm.version": __version__, "scfm.stage": stage, **(tags or {})}
     with mlflow.start_run(experiment_id=experiment_id, run_name=run_name, tags=all_tags) as run:
+        if lineage:
+            log_model_lineage(lineage)
         yield run
+
+
+# ------------------------------------------------------------------------------------ lineage
+def corpus_dataset(
+    uri: str, version: int | str, checksum: str, *, n_cells: int | str | None = None
+) -> Any:
+    """A corpus version as an MLflow dataset: name ``<folder> v<version>``, the manifest's
+    sha256 as digest (cut to MLflow's 36-character column; the profile holds it whole)."""
+    from mlflow.data.meta_dataset import MetaDataset
+
+    class CorpusDataset(MetaDataset):
+        @property
+        def profile(self) -> dict[str, str]:
+            return profile
+
+    profile = {"corpus_version": str(version), "manifest_sha256": checksum}
+    if n_cells is not None:
+        profile["n_cells"] = str(n_cells)
+    return CorpusDataset(
+        _dataset_source(uri),
+        name=f"{Path(str(uri).rstrip('/')).name or uri} v{version}",
+        digest=checksum[:_MAX_DIGEST_LEN],
+    )
+
+
+def _dataset_source(uri: str) -> Any:
+    import warnings
+
+    from mlflow.data.dataset_source_registry import resolve_dataset_source
+
+    target = Path(uri).resolve().as_uri() if "://" not in uri else uri
+    try:
+        with warnings.catch_warnings():  # "file://" matches two registered local sources
+            warnings.simplefilter("ignore", UserWarning)
+            return resolve_dataset_source(target)
+    except Exception:  # noqa: BLE001 - no source type for this scheme: a plain HTTP-style one
+        from mlflow.data.http_dataset_source import HTTPDatasetSource
+
+        return HTTPDatasetSource(target)
+
+
+def log_corpus_input(
+    uri: str,
+    version: int | str,
+    checksum: str,
+    *,
+    context: str,
+    n_cells: int | str | None = None,
+) -> None:
+    """Log a corpus version as an input of the active run (the UI's Dataset column)."""
+    import mlflow
+
+    try:
+        ds = corpus_dataset(uri, version, checksum, n_cells=n_cells)
+        mlflow.log_input(ds, context=context)
+    except Exception as exc:  # noqa: BLE001 - lineage must never fail a run
+        logger.warning("could not log corpus %s v%s as an MLflow input: %s", uri, version, exc)
+
+
+def model_lineage(spec: str) -> dict[str, str]:
+    """Lineage tags of a registered model ``models:/name/N``: its pretraining run and corpus.
+
+    Empty for other specs (checkpoint folders, ``random:``) and for unknown versions.
+    """
+    from mlflow import MlflowClient
+
+    if not spec.startswith("models:/"):
+        return {}
+    name, _, version = spec[len("models:/") :].rstrip("/").rpartition("/")
+    client = MlflowClient()
+    try:
+        if not version.isdigit():
+            raise ValueError(f"not a version number: {version!r}")
+        mv = client.get_model_version(name, version)
+        run = client.get_run(mv.run_id) if mv.run_id else None
+    except Exception as exc:  # noqa: BLE001
+        logger.warning("no lineage for %s: %s", spec, exc)
+        return {"scfm.model_uri": spec}
+    tags = {"scfm.model_uri": spec, "scfm.model_name": name, "scfm.model_version": version}
+    if run is not None:
+        tags["scfm.pretrain_run_id"] = run.info.run_id
+        for key in ("scfm.corpus_version", "scfm.corpus_uri", "scfm.corpus_run_id"):
+            if run.data.tags.get(key):
+                tags[key] = run.data.tags[key]
+        sha = run.data.params.get("corpus.manifest_sha256")
+        if sha:
+            tags["scfm.corpus_manifest_sha256"] = sha
+    return tags
+
+
+def log_model_lineage(specs: Sequence[str]) -> dict[str, str]:
+    """Tag the active run with the lineage of the first registered model among ``specs`` and log
+    the corpus that model was pretrained on as an input (context ``pretraining``)."""
+    import mlflow
+
+    for spec in specs:
+        tags = model_lineage(str(spec))
+        if tags:
+            mlflow.set_tags(tags)
+            if tags.get("scfm.corpus_manifest_sha256") and tags.get("scfm.corpus_uri"):
+                log_corpus_input(
+                    tags["scfm.corpus_uri"],
+                    tags.get("scfm.corpus_version", "?"),
+                    tags["scfm.corpus_manifest_sha256"],
+                    context="pretraining",
+                )
+            return tags
+    return {}
+
+
+def log_external_model(run: Any, artifact_path: str, name: str, params: Mapping[str, Any]) -> Any:
+    """A logged model (MLflow 3: the runs table's Models column) for a plain-file checkpoint.
+
+    The weights stay in the run's ``artifact_path`` folder (``external`` model, no pickled
+    flavour); returns the :class:`mlflow.entities.LoggedModel` or None when unsupported.
+    """
+    import mlflow
+    from mlflow.entities import LoggedModelOutput
+
+    try:
+        model = mlflow.create_external_model(
+            name=name,
+            source_run_id=run.info.run_id,
+            params={k: str(v)[:_MAX_PARAM_LEN] for k, v in params.items()},
+            tags={"scfm.artifact_uri": f"{run.info.artifact_uri}/{artifact_path}"},
+            model_type="scfm-xtrimogene",
+        )
+        mlflow.MlflowClient().log_outputs(run.info.run_id, [LoggedModelOutput(model.model_id, 0)])
+        return model
+    except Exception as exc:  # noqa: BLE001 - older servers: the registry link still shows
+        logger.warning("could not create a logged model for run %s: %s", run.info.run_id, exc)
+        return None
 
 
 def flatten(d: Mapping[str, Any], prefix: str = "", sep: str = ".") -> dict[str, Any]:
@@ -156,10 +327,18 @@ def log_text(text: str, artifact_file: str) -> None:
     mlflow.log_text(text, artifact_file)
 
 
-def register_artifact(run: Any, artifact_path: str, name: str, description: str = "") -> str:
+def register_artifact(
+    run: Any,
+    artifact_path: str,
+    name: str,
+    description: str = "",
+    *,
+    model_id: str | None = None,
+) -> str:
     """Register a run's artifact folder as a new version of model ``name``; returns its URI.
 
     Plain files (no pickled MLflow model flavour): loaders read them with ``weights_only=True``.
+    ``model_id``: the logged model (:func:`log_external_model`) the version comes from.
     """
     from mlflow import MlflowClient
     from mlflow.exceptions import MlflowException
@@ -170,7 +349,10 @@ def register_artifact(run: Any, artifact_path: str, name: str, description: str 
     except MlflowException:
         pass  # already registered
     version = client.create_model_version(
-        name, source=f"{run.info.artifact_uri}/{artifact_path}", run_id=run.info.run_id
+        name,
+        source=f"{run.info.artifact_uri}/{artifact_path}",
+        run_id=run.info.run_id,
+        model_id=model_id,
     )
     return f"models:/{name}/{version.version}"
 

@@ -54,4 +54,5 @@ def mlflow_uri(tmp_path, monkeypatch):
 
 
 # Real-data fixtures used by several test packages.
+from tests.demo_fixture import demo_run  # noqa: E402, F401
 from tests.fixtures_data import kang_corpus, kang_vocab_counts  # noqa: E402, F401

@@ -23,10 +23,9 @@ logger = logging.getLogger(__name__)
 
 def qc_figure(histograms: dict, edges: dict):
     """Two panels: counts per cell and expressed genes per cell (log10), all vs kept cells."""
-    import matplotlib
+    from scfm.plotting import pyplot
 
-    matplotlib.use("Agg", force=False)
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     fig, axes = plt.subplots(1, 2, figsize=(10, 3.6))
     titles = {"total_counts": "counts per cell", "n_genes": "expressed genes per cell"}
@@ -159,6 +158,13 @@ def log_build(result: BuildResult, cfg: BuildConfig) -> None:
         }
     )
     tracking.log_metrics(metrics_of(man, result))
+    tracking.log_corpus_input(
+        cfg.output,
+        man.corpus_version,
+        man.checksum,
+        context="build",
+        n_cells=man.totals["n_cells_kept"],
+    )
     tracking.log_json(man.to_dict(), "manifest.json")
     versions = {d.label: d.version for d in man.datasets}
     tracking.log_json(

@@ -110,10 +110,9 @@ def mapping_table(summaries: list[InputSummary]):
 
 def plot_mapping(summaries: list[InputSummary], path: Path) -> Path:
     """Stacked bar chart of how each input's genes were mapped."""
-    import matplotlib
+    from scfm.plotting import pyplot
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     rows = [s for s in summaries if s.mapping]
     fig, ax = plt.subplots(figsize=(7, 0.5 + 0.45 * len(rows)))

@@ -42,11 +42,25 @@ SPLIT_KEY = Annotated[
     typer.Option("--split-key", help="obs column to split by (e.g. condition, donor)."),
 ]
 TRAIN_VALUE = Annotated[
-    str | None, typer.Option("--train-value", help="split-key value of the training cells.")
+    list[str] | None,
+    typer.Option(
+        "--train-value", help="split-key value of the training cells (repeatable: several)."
+    ),
 ]
 TEST_VALUE = Annotated[
-    str | None,
-    typer.Option("--test-value", help="split-key value of the test cells (default: all others)."),
+    list[str] | None,
+    typer.Option(
+        "--test-value",
+        help="split-key value of the test cells (repeatable; default: all others).",
+    ),
+]
+TEST_GROUPS = Annotated[
+    int | None,
+    typer.Option(
+        "--test-groups",
+        help="Grouped hold-out: N values of --split-key (e.g. donors), drawn with --seed, are "
+        "the test cells; all other values train.",
+    ),
 ]
 TEST_SIZE = Annotated[
     float, typer.Option(help="Test fraction of a stratified random split (no --split-key).")
@@ -74,13 +88,21 @@ def _fail(exc: Exception) -> None:
     raise typer.Exit(code=1)
 
 
-def _split(split_key, train_value, test_value, test_size, min_class_cells, seed):
+def _split(split_key, train_value, test_value, test_size, min_class_cells, seed, test_groups=None):
     from scfm.tasks.labelled import SplitConfig
 
+    def one_or_many(values):
+        if not values:
+            return None
+        return values[0] if len(values) == 1 else tuple(values)
+
+    if test_groups is not None and split_key is None:
+        raise typer.BadParameter("--test-groups needs --split-key (the column of the groups)")
     return SplitConfig(
         split_key=split_key,
-        train_value=train_value,
-        test_value=test_value,
+        train_value=one_or_many(train_value),
+        test_value=one_or_many(test_value),
+        test_groups=test_groups,
         test_size=test_size,
         min_class_cells=min_class_cells,
         seed=seed,
@@ -97,6 +119,7 @@ def evaluate_annotation_cmd(
     split_key: SPLIT_KEY = None,
     train_value: TRAIN_VALUE = None,
     test_value: TEST_VALUE = None,
+    test_groups: TEST_GROUPS = None,
     test_size: TEST_SIZE = 0.3,
     model: Annotated[
         list[str] | None,
@@ -141,7 +164,9 @@ def evaluate_annotation_cmd(
         h5ad=str(h5ad),
         label_key=label_key,
         layer=layer,
-        split=_split(split_key, train_value, test_value, test_size, min_class_cells, seed),
+        split=_split(
+            split_key, train_value, test_value, test_size, min_class_cells, seed, test_groups
+        ),
         models=list(model or []),
         control=control,
         baselines=list(baseline) if baseline else None,
@@ -259,6 +284,7 @@ def finetune_annotation_cmd(
     split_key: SPLIT_KEY = None,
     train_value: TRAIN_VALUE = None,
     test_value: TEST_VALUE = None,
+    test_groups: TEST_GROUPS = None,
     test_size: TEST_SIZE = 0.3,
     finetune_layers: Annotated[
         int, typer.Option(help="Encoder layers trained with the head (0 = frozen embeddings).")
@@ -292,7 +318,9 @@ def finetune_annotation_cmd(
         label_key=label_key,
         model=model,
         layer=layer,
-        split=_split(split_key, train_value, test_value, test_size, min_class_cells, seed),
+        split=_split(
+            split_key, train_value, test_value, test_size, min_class_cells, seed, test_groups
+        ),
         finetune_layers=finetune_layers,
         sweep=SweepConfig(
             num_samples=num_samples,

@@ -446,6 +446,7 @@ def _log_mlflow(
         "evaluate",
         run_name=f"deepcdr {data.dataset}",
         tags={"scfm.task": "deepcdr", "scfm.dataset": data.dataset},
+        lineage=cfg.models,
     ) as run:
         log_params_flat({"evaluate": cfg.to_dict()})
         metrics = {
@@ -534,6 +535,7 @@ def finetune_deepcdr(cfg: DeepCDRFinetuneConfig) -> DeepCDRFinetuneResult:
         module,
         cfg.sweep,
         output_dir=out / "model",
+        lineage=[str(cfg.model)],
         tags={
             "scfm.dataset": data.dataset,
             "scfm.backbone": label,

@@ -171,6 +171,7 @@ def _scfm_methods(
                 run_name=f"annotation sweep {dataset} {backbone.label}",
             ),
             tags={"scfm.dataset": dataset, "scfm.backbone": backbone.label},
+            lineage=[backbone.source],
         )
         model, _ = load_head(sweep.model_dir, head)
         info |= {"sweep_run_id": sweep.parent_run_id, "head_config": sweep.best_config}
@@ -341,6 +342,7 @@ def _log_mlflow(
         "evaluate",
         run_name=f"annotation {dataset}",
         tags={"scfm.task": "annotation", "scfm.dataset": dataset},
+        lineage=cfg.models,
     ) as run:
         log_params_flat({"evaluate": cfg.to_dict()})
         metrics = {"n_missing_labels": float(summary["n_missing_labels"])}

@@ -102,6 +102,7 @@ def finetune_annotation(cfg: AnnotationFinetuneConfig) -> FinetuneResult:
         module,
         cfg.sweep,
         output_dir=out / "model",
+        lineage=[str(cfg.model)],
         tags={"scfm.dataset": dataset, "scfm.backbone": backbone.label},
         params={
             "data": {"h5ad": cfg.h5ad, "label_key": cfg.label_key, "split": split.to_dict()},

@@ -420,6 +420,7 @@ def _log_mlflow(cfg, dataset: str, table: pd.DataFrame, files: dict[str, Path]) 
         "evaluate",
         run_name=f"gears {dataset}",
         tags={"scfm.task": "gears", "scfm.dataset": dataset},
+        lineage=cfg.models,
     ) as run:
         log_params_flat({"evaluate": cfg.to_dict()})
         metrics = {}

@@ -101,6 +101,7 @@ def finetune_gears(cfg: GearsFinetuneConfig, *, adata=None) -> GearsFinetuneResu
         module,
         cfg.sweep,
         output_dir=out / "model",
+        lineage=[str(cfg.model)],
         tags={"scfm.dataset": dataset, "scfm.backbone": label},
         params={
             "data": {**cfg.data.to_dict(), "split": {"seed": cfg.seed, **asdict(cfg.split)}},

@@ -2,9 +2,12 @@
 
 Every annotation method (scfm heads and baselines) sees the **same** :class:`Split`:
 
-* ``--split-key COL --train-value X [--test-value Y]``: train on cells where ``obs[COL] == X``,
-  test on ``obs[COL] == Y`` (default: every other value), e.g. control → stimulated, or one donor
-  → another. This is the out-of-distribution setting critics ask for.
+* ``--split-key COL --train-value X [--train-value X2 …] [--test-value Y …]``: train on cells
+  whose ``obs[COL]`` is one of the training values, test on the test values (default: every other
+  value), e.g. control → stimulated, or some donors → others. This is the out-of-distribution
+  setting critics ask for.
+* ``--split-key donor --test-groups 3``: a grouped hold-out, as single-cell papers evaluate: 3
+  values of the column, drawn with ``seed``, hold the test cells; every other value trains.
 * otherwise a stratified random split (``test_size``); classes with a single cell stay in train.
 
 A validation subset of the training cells (stratified, ``val_size``) is held out for the methods
@@ -46,8 +49,11 @@ class SplitConfig:
     """How cells are divided into train / validation / test."""
 
     split_key: str | None = None  # obs column for an out-of-distribution split
-    train_value: str | None = None  # value of split_key for training cells
-    test_value: str | None = None  # value for test cells; None = every value but train_value
+    # value(s) of split_key for training cells (a string or a tuple of strings)
+    train_value: str | tuple[str, ...] | None = None
+    # value(s) for test cells; None = every value but the training values
+    test_value: str | tuple[str, ...] | None = None
+    test_groups: int | None = None  # grouped hold-out: this many split_key values, seeded, test
     test_size: float = 0.3  # fraction of cells for testing in a random split
     val_size: float = 0.15  # fraction of training cells held out for model selection
     min_class_cells: int = 5  # classes with fewer training cells are "rare"
@@ -292,6 +298,18 @@ def make_split(data: LabelledData, cfg: SplitConfig) -> Split:
     )
 
 
+def _as_values(value: str | tuple[str, ...] | list[str] | None) -> tuple[str, ...]:
+    if value is None:
+        return ()
+    if isinstance(value, str):
+        return (value,)
+    return tuple(str(v) for v in value)
+
+
+def _quoted(values: tuple[str, ...] | list[str]) -> str:
+    return ", ".join(repr(v) for v in values)
+
+
 def _split_by_column(obs: pd.DataFrame, cfg: SplitConfig) -> tuple[np.ndarray, np.ndarray, str]:
     key = cfg.split_key
     if key not in obs.columns:
@@ -301,22 +319,57 @@ def _split_by_column(obs: pd.DataFrame, cfg: SplitConfig) -> tuple[np.ndarray, n
         )
     values = obs[key].astype(str).to_numpy()
     present = sorted(set(values))
-    if cfg.train_value is None:
+    train_values, test_values = _as_values(cfg.train_value), _as_values(cfg.test_value)
+    if cfg.test_groups is not None:
+        return _grouped_holdout(values, present, cfg, train_values, test_values)
+    if not train_values:
         raise LabelError(
-            f"split by {key!r} needs a training value (--train-value); values are: "
-            f"{', '.join(present)}"
+            f"split by {key!r} needs a training value (--train-value, repeatable) or a grouped "
+            f"hold-out (--test-groups N); values are: {', '.join(present)}"
         )
-    for v in (cfg.train_value, cfg.test_value):
-        if v is not None and v not in present:
+    for v in train_values + test_values:
+        if v not in present:
             raise LabelError(f"{key!r} has no value {v!r}; values are: {', '.join(present)}")
-    train = np.flatnonzero(values == cfg.train_value)
-    if cfg.test_value is None:
-        test = np.flatnonzero(values != cfg.train_value)
-        desc = f"{key}: train {cfg.train_value!r}, test every other value"
+    both = sorted(set(train_values) & set(test_values))
+    if both:
+        raise LabelError(f"{key!r} values {_quoted(both)} are both training and test values")
+    train = np.flatnonzero(np.isin(values, train_values))
+    if not test_values:
+        test = np.flatnonzero(~np.isin(values, train_values))
+        desc = f"{key}: train {_quoted(train_values)}, test every other value"
     else:
-        test = np.flatnonzero(values == cfg.test_value)
-        desc = f"{key}: train {cfg.train_value!r} → test {cfg.test_value!r}"
+        test = np.flatnonzero(np.isin(values, test_values))
+        desc = f"{key}: train {_quoted(train_values)} → test {_quoted(test_values)}"
     return train, test, desc
+
+
+def _grouped_holdout(
+    values: np.ndarray,
+    present: list[str],
+    cfg: SplitConfig,
+    train_values: tuple[str, ...],
+    test_values: tuple[str, ...],
+) -> tuple[np.ndarray, np.ndarray, str]:
+    """``cfg.test_groups`` values of the split column, drawn with ``cfg.seed``, are the test set."""
+    key, k = cfg.split_key, cfg.test_groups
+    if train_values or test_values:
+        raise LabelError(
+            "--test-groups draws the test groups itself: drop --train-value / --test-value"
+        )
+    if not 0 < k < len(present):
+        raise LabelError(
+            f"--test-groups must be between 1 and {len(present) - 1} ({key!r} has "
+            f"{len(present)} values: {', '.join(present)}), got {k}"
+        )
+    # its own generator, so that the validation draw below is the same as with explicit values
+    rng = np.random.default_rng([cfg.seed, len(present), k])
+    held_out = sorted(rng.choice(np.asarray(present, dtype=object), size=k, replace=False))
+    test_mask = np.isin(values, held_out)
+    desc = (
+        f"{key}: {k} of {len(present)} groups held out for test (seed {cfg.seed}): "
+        f"{_quoted(held_out)}"
+    )
+    return np.flatnonzero(~test_mask), np.flatnonzero(test_mask), desc
 
 
 def _stratified(

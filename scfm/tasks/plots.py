@@ -11,12 +11,9 @@ import pandas as pd
 
 
 def _plt():
-    import matplotlib
+    from scfm.plotting import pyplot
 
-    matplotlib.use("Agg", force=False)
-    import matplotlib.pyplot as plt
-
-    return plt
+    return pyplot()
 
 
 def confusion_figure(cm: np.ndarray, labels: Sequence[str], title: str):

@@ -630,6 +630,7 @@ def _log_mlflow(cfg: ScadEvaluateConfig, table: pd.DataFrame, files, proxy: bool
         "evaluate",
         run_name=f"scad {', '.join(cfg.drugs)}",
         tags={"scfm.task": "scad", "scfm.target": "proxy" if proxy else str(cfg.target.h5ad)},
+        lineage=cfg.models,
     ) as run:
         log_params_flat({"evaluate": cfg.to_dict()})
         metrics = {}
@@ -719,6 +720,7 @@ def finetune_scad(cfg: ScadFinetuneConfig) -> ScadFinetuneResult:
         data,
         cfg.sweep,
         output_dir=out / "model",
+        lineage=[str(cfg.model)],
         tags={
             "scfm.drug": source.drug,
             "scfm.input": cfg.input,

@@ -23,7 +23,7 @@ import logging
 import os
 import shutil
 import tempfile
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -108,6 +108,7 @@ def run_sweep(
     output_dir: str | Path | None = None,
     tags: Mapping[str, str] | None = None,
     params: Mapping[str, Any] | None = None,
+    lineage: Sequence[str] = (),
 ) -> SweepResult:
     """Tune ``head`` on ``data``; returns the best configuration and the saved best model.
 
@@ -117,6 +118,9 @@ def run_sweep(
         Where the best head is copied (default: ``<storage_path>/<name>/best_model``).
     tags, params
         Extra tags and parameters for the parent run (e.g. data set, backbone).
+    lineage
+        Model specs of the backbone: a registered one links the parent run to its pretraining
+        run and corpus (:func:`scfm.tracking.log_model_lineage`).
     """
     import mlflow
     from ray import tune
@@ -138,6 +142,7 @@ def run_sweep(
         experiment=cfg.experiment,
         run_name=cfg.run_name or f"{head.task} sweep",
         tags={"scfm.task": head.task, "scfm.sweep": "parent", **(tags or {})},
+        lineage=lineage,
     ) as parent:
         parent_id = parent.info.run_id
         log_params_flat({"sweep": cfg.to_dict(), **(params or {})})

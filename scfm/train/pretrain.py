@@ -127,7 +127,14 @@ def run_pretraining(
     import mlflow
 
     from scfm.corpus.loader import open_corpus
-    from scfm.tracking import flatten, register_artifact, start_run, tracking_uri
+    from scfm.tracking import (
+        flatten,
+        log_corpus_input,
+        log_external_model,
+        register_artifact,
+        start_run,
+        tracking_uri,
+    )
 
     cfg = cfg.with_run_name()
     if not cfg.data.corpus:
@@ -160,6 +167,13 @@ def run_pretraining(
         mlflow.log_params(flatten(redact_values({"cfg": cfg.to_dict()})) | info)
         mlflow.log_params({f"model.{k}": v for k, v in model_cfg.to_dict().items()})
         mlflow.log_text(redact_uri_text(cfg.to_yaml()), "config/pretrain.yaml")
+        log_corpus_input(
+            redact_uri(corpus.uri),
+            corpus.version,
+            info["corpus.manifest_sha256"],
+            context="training",
+            n_cells=corpus.n_cells,
+        )
         trainer = build_trainer(
             cfg,
             corpus.version,
@@ -175,11 +189,23 @@ def run_pretraining(
         checkpoint_dir = _checkpoint_uri(result.checkpoint.path, cfg.storage_path)
         with result.checkpoint.as_directory() as d:
             mlflow.log_artifacts(d, "model")
+        # the checkpoint folder as a logged model (the UI's Models column), then registered
+        logged = log_external_model(
+            run,
+            "model",
+            f"scfm-{model_cfg.name}",
+            {"preset": model_cfg.name, "step": (result.metrics or {}).get("step", "")} | info,
+        )
         model_uri = None
         if cfg.tracking.register_as:
             model_uri = register_artifact(
-                run, "model", cfg.tracking.register_as, "scfm xTrimoGene checkpoints"
+                run,
+                "model",
+                cfg.tracking.register_as,
+                "scfm xTrimoGene checkpoints",
+                model_id=logged.model_id if logged else None,
             )
+            mlflow.set_tag("scfm.model_uri", model_uri)
         metrics = dict(result.metrics or {})
         return PretrainResult(
             run_id=run.info.run_id,

@@ -197,3 +197,58 @@ def test_normalized_input_fallback_reconstructs_counts(tmp_path):
     a = pd.read_csv(out / "predictions.csv")
     b = pd.read_csv(tmp_path / "ref" / "predictions.csv")
     pd.testing.assert_frame_equal(a, b)
+
+
+def test_evaluate_cli_grouped_donor_holdout_and_several_train_values(tmp_path):
+    """--split-key donor --test-groups 3 (seeded) and repeated --train-value, end to end."""
+    adata = read_counts(datasets.fetch("pbmc68k_counts"))
+    adata.obs["donor"] = [f"donor{i % 6}" for i in range(adata.n_obs)]
+    path = tmp_path / "donors.h5ad"
+    adata.write_h5ad(path)
+    base = [
+        "evaluate",
+        "annotation",
+        "--h5ad",
+        str(path),
+        "--label-key",
+        "bulk_labels",
+        "--split-key",
+        "donor",
+        "--no-control",
+        "--baseline",
+        "pca_knn",
+        "--no-mlflow",
+    ]
+    result = runner.invoke(
+        app, [*base, "--test-groups", "3", "--seed", "1", "--out", str(tmp_path / "g")]
+    )
+    assert result.exit_code == 0, result.output
+    summary = json.loads((tmp_path / "g" / "split.json").read_text())
+    assert summary["split"]["config"]["test_groups"] == 3
+    assert "3 of 6 groups held out for test (seed 1)" in summary["split"]["description"]
+    preds = pd.read_csv(tmp_path / "g" / "predictions.csv")
+    donor = adata.obs["donor"]
+    test_donors = set(donor.loc[preds["cell"].astype(str)])
+    assert len(test_donors) == 3 and len(preds) == (donor.isin(test_donors)).sum()
+
+    result = runner.invoke(
+        app,
+        [
+            *base,
+            "--train-value",
+            "donor0",
+            "--train-value",
+            "donor1",
+            "--test-value",
+            "donor5",
+            "--out",
+            str(tmp_path / "v"),
+        ],
+    )
+    assert result.exit_code == 0, result.output
+    summary = json.loads((tmp_path / "v" / "split.json").read_text())
+    assert summary["split"]["n_train"] == (donor.isin(["donor0", "donor1"])).sum()
+    assert summary["split"]["n_test"] == (donor == "donor5").sum()
+
+    result = runner.invoke(app, [*base, "--test-groups", "6", "--out", str(tmp_path / "e")])
+    assert result.exit_code == 1 and "between 1 and 5" in result.output

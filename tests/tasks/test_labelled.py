@@ -112,3 +112,56 @@ def test_reconstruction_refuses_scaled_or_wrong_totals():
     wrong = np.random.default_rng(0).uniform(500, 5000, lognorm.n_obs)
     with pytest.raises(InputValidationError, match="far from integers"):
         reconstruct_counts(lognorm.X, wrong)
+
+
+def _donors(n_donors=8, per_donor=6):
+    labels = ["a", "b", "c"] * (n_donors * per_donor // 3)
+    donor = [f"d{i // per_donor}" for i in range(n_donors * per_donor)]
+    return labelled_data(_toy(labels, donor).copy(), "label")
+
+
+def _with_donor(data):
+    data.obs = data.obs.rename(columns={"condition": "donor"})
+    return data
+
+
+def test_several_training_values_and_grouped_donor_holdout():
+    data = _with_donor(_donors())
+    donor = data.obs["donor"].astype(str).to_numpy()
+    split = make_split(data, SplitConfig(split_key="donor", train_value=("d0", "d1", "d2")))
+    assert set(donor[split.train]) == {"d0", "d1", "d2"}
+    assert set(donor[split.test]) == {f"d{i}" for i in range(3, 8)}
+    split = make_split(
+        data, SplitConfig(split_key="donor", train_value=["d0", "d1"], test_value=("d5", "d6"))
+    )
+    assert set(donor[split.test]) == {"d5", "d6"} and split.train.size == 12
+    assert "train 'd0', 'd1' → test 'd5', 'd6'" in split.description
+
+    # grouped hold-out: 3 whole donors test, the others train; seeded and reproducible
+    held = make_split(data, SplitConfig(split_key="donor", test_groups=3, seed=0))
+    test_donors, train_donors = set(donor[held.test]), set(donor[held.train])
+    assert len(test_donors) == 3 and not test_donors & train_donors
+    assert len(train_donors) == 5 and held.train.size + held.test.size == data.n_cells
+    assert np.isin(held.val, held.train).all()
+    again = make_split(data, SplitConfig(split_key="donor", test_groups=3, seed=0))
+    np.testing.assert_array_equal(held.test, again.test)
+    draws = {
+        tuple(
+            sorted(set(donor[make_split(data, SplitConfig("donor", test_groups=3, seed=s)).test]))
+        )
+        for s in range(6)
+    }
+    assert len(draws) > 1  # the seed picks the donors
+    assert "3 of 8 groups held out for test (seed 0)" in held.description
+
+
+def test_grouped_split_errors_name_the_fix():
+    data = _with_donor(_donors())
+    with pytest.raises(LabelError, match="between 1 and 7"):
+        make_split(data, SplitConfig(split_key="donor", test_groups=8))
+    with pytest.raises(LabelError, match="drop --train-value"):
+        make_split(data, SplitConfig(split_key="donor", train_value="d0", test_groups=2))
+    with pytest.raises(LabelError, match="both training and test"):
+        make_split(data, SplitConfig(split_key="donor", train_value=("d0", "d1"), test_value="d1"))
+    with pytest.raises(LabelError, match="no value 'd9'"):
+        make_split(data, SplitConfig(split_key="donor", train_value=("d0", "d9")))
