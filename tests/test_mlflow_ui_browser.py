@@ -7,8 +7,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import signal
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -16,7 +14,7 @@ from pathlib import Path
 import mlflow
 import pytest
 
-from tests.e2e.conftest import free_port, wait_http
+from tests.e2e.conftest import free_port, serving
 
 pytestmark = pytest.mark.slow
 
@@ -31,33 +29,21 @@ def mlflow_ui(demo_run, tmp_path_factory):
     """``mlflow ui`` over the demo's sqlite store on a free port of 127.0.0.1; yields its URL."""
     log = tmp_path_factory.mktemp("mlflow-ui") / "ui.log"
     port = free_port()
-    proc = subprocess.Popen(
-        [
-            str(Path(sys.executable).parent / "mlflow"),
-            "ui",
-            "--backend-store-uri",
-            demo_run.uri,
-            "--host",
-            "127.0.0.1",
-            "--port",
-            str(port),
-            "--workers",
-            "1",
-        ],
-        stdout=open(log, "w"),
-        stderr=subprocess.STDOUT,
-        start_new_session=True,
-    )
+    cmd = [
+        str(Path(sys.executable).parent / "mlflow"),
+        "ui",
+        "--backend-store-uri",
+        demo_run.uri,
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        "--workers",
+        "1",
+    ]
     url = f"http://127.0.0.1:{port}"
-    try:
-        wait_http(f"{url}/health", timeout=120, proc=proc)
+    with serving(cmd, log, f"{url}/health"):
         yield url
-    finally:
-        os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
 
 
 @pytest.fixture(scope="module")

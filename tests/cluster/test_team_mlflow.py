@@ -12,7 +12,6 @@ import glob
 import os
 import secrets
 import shutil
-import signal
 import subprocess
 import tempfile
 from pathlib import Path
@@ -23,7 +22,7 @@ from typer.testing import CliRunner
 
 from scfm import datasets
 from scfm.data.io import read_counts
-from tests.e2e.conftest import BIN, free_port, wait_http
+from tests.e2e.conftest import BIN, free_port, serving
 
 pytestmark = pytest.mark.slow
 
@@ -100,21 +99,10 @@ def team_mlflow(postgres, s3, tmp_path_factory):
     )
     cmd = [str(BIN / "mlflow"), "server", "--host", "127.0.0.1", "--port", str(port),
            "--workers", "1"]  # fmt: skip
-    proc = subprocess.Popen(
-        cmd, env=env, stdout=open(log, "w"), stderr=subprocess.STDOUT, start_new_session=True
-    )
     url = f"http://127.0.0.1:{port}"
-    try:
-        wait_http(f"{url}/health", timeout=120, proc=proc)
+    # uvicorn's graceful stop can take 20 s: not needed here
+    with serving(cmd, log, f"{url}/health", env=env, stop_timeout=5) as proc:
         yield url, proc
-    finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGTERM)
-            try:
-                proc.wait(timeout=5)  # uvicorn's graceful stop can take 20 s: not needed here
-            except subprocess.TimeoutExpired:
-                os.killpg(proc.pid, signal.SIGKILL)
-                proc.wait(timeout=10)
 
 
 def test_corpus_pretrain_finetune_tracked_on_postgres_and_s3(
