@@ -342,27 +342,6 @@ def test_rayjob_entrypoints_parse_with_the_scfm_cli(name):
                              "embed": {"embed"}}[stage]  # fmt: skip
 
 
-def _readme_ray_jobs() -> list[list[str]]:
-    """The ``ray job submit … -- python workflows/X.py …`` commands shown in README.md."""
-    text = (REPO / "README.md").read_text().replace("\\\n", " ")
-    jobs = []
-    for line in text.splitlines():
-        if line.strip().startswith("ray job submit"):
-            argv = shlex.split(line.split("#", 1)[0])
-            jobs.append(argv[argv.index("--") + 1 :])
-    return jobs
-
-
-def test_readme_cluster_commands_parse_with_the_scfm_cli():
-    jobs = _readme_ray_jobs()
-    assert len(jobs) >= 3, jobs  # corpus refresh, pretraining (twice)
-    for job in jobs:
-        stage = job[1].removeprefix("workflows/").removesuffix(".py")
-        ctx = _scfm_parse(job)
-        assert ctx.info_name in {"build_corpus": {"build", "refresh"}, "pretrain": {"pretrain"},
-                                 "finetune": {"annotation"}, "embed": {"embed"}}[stage]  # fmt: skip
-
-
 def test_parser_rejects_a_wrong_option():
     from typer._click.exceptions import BadParameter, NoSuchOption  # typer's own click fork
 
