@@ -96,8 +96,8 @@ def readme_python_blocks() -> list[str]:
 def test_python_examples_run(tmp_path, monkeypatch):
     """The README's Python blocks run in order, in one namespace, with their placeholders bound
     to real files: a 120-cell Kang PBMC h5ad for ``my_cells.h5ad`` / ``pbmc.h5ad``, a random-init
-    tiny model saved as a checkpoint for the registered one, an official-format checkpoint (random weights) for
-    ``models.ckpt`` and 4 Kang cells scaled to TPM for ``bulk``."""
+    tiny model saved as a checkpoint for the registered one, an official-format checkpoint
+    (random weights) for ``models.ckpt`` and 4 Kang cells scaled to TPM for ``bulk``."""
     import numpy as np
 
     from scfm import datasets
