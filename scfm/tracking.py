@@ -348,12 +348,19 @@ def register_artifact(
         client.create_registered_model(name, description=description)
     except MlflowException:
         pass  # already registered
-    version = client.create_model_version(
-        name,
-        source=f"{run.info.artifact_uri}/{artifact_path}",
-        run_id=run.info.run_id,
-        model_id=model_id,
-    )
+    source = f"{run.info.artifact_uri}/{artifact_path}"
+    try:
+        version = client.create_model_version(
+            name, source=source, run_id=run.info.run_id, model_id=model_id
+        )
+    except MlflowException as exc:
+        if model_id is None or exc.error_code != "INVALID_PARAMETER_VALUE":
+            raise
+        # A tracking server (unlike a local store) wants the source inside the logged model's
+        # own artifacts; the weights are the run's files, so register them without the link
+        # (the logged model stays in the run's Models column).
+        logger.info("registering %s without its logged-model link: %s", name, exc.message)
+        version = client.create_model_version(name, source=source, run_id=run.info.run_id)
     return f"models:/{name}/{version.version}"
 
 

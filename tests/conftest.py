@@ -23,6 +23,7 @@ def init_local_ray() -> None:
 
     if not ray.is_initialized():
         ray.init(
+            address="local",  # never join a `ray start --head` of the e2e tests
             num_cpus=2,
             object_store_memory=512 * 1024**2,
             include_dashboard=False,
