@@ -301,8 +301,7 @@ def _plan_files(cfg: EmbedJobConfig) -> tuple[Any, list[Any], int]:
     vocab = GeneVocab.load()
     units = []
     for ref in refs:
-        adata = source._load(Path(ref.info["path"]), whole=False)
-        genes = adata.var_names.to_numpy(dtype=str)
+        genes = source._handle(Path(ref.info["path"])).genes  # names only, matrix on disk
         try:
             check_names(genes, "gene")
             check_species(gene_mapping(vocab, genes), cfg.min_mapped_fraction)
