@@ -209,7 +209,7 @@ def test_cli_bad_input_exits_1_with_the_message(kang300_h5ad, tmp_path):
 def test_non_count_input_is_refused(kang300):
     adata = kang300.copy()
     adata.X = adata.X.astype(np.float32) / 3.0
-    with pytest.raises(ValueError, match="raw counts"):
+    with pytest.raises(ValueError, match="raw count"):
         evaluate_embedding(adata, label_key="cell_type", batch_key="condition")
 
 
