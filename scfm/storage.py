@@ -44,6 +44,18 @@ def redact_uri(uri: str) -> str:
     return urlunsplit((parts.scheme, netloc, parts.path, query, parts.fragment))
 
 
+def absolute_uri(uri: str | os.PathLike) -> str:
+    """``uri`` with a local (possibly relative) path made absolute, as the driver sees it.
+
+    Ray workers run in their own working directory: a relative path would land (or be looked
+    for) under each worker's, so the driver resolves it once and passes the absolute form on.
+    """
+    text = str(uri)
+    if "://" in text:
+        return text.rstrip("/")
+    return os.path.abspath(os.path.expanduser(text))
+
+
 def resolve(uri: str | os.PathLike) -> tuple[pafs.FileSystem, str]:
     """``(filesystem, path on it)`` for a local path or a pyarrow filesystem URI."""
     text = str(uri)

@@ -41,7 +41,6 @@ from scfm.corpus.qc import DROP_REASONS, QCConfig
 from scfm.corpus.shards import (
     TMP_MARK,
     UNIT_DIR,
-    absolute_uri,
     join,
     list_files,
     resolve,
@@ -50,6 +49,7 @@ from scfm.corpus.shards import (
 )
 from scfm.corpus.sources import Source
 from scfm.data.validate import DEFAULT_MIN_MAPPED_FRACTION
+from scfm.storage import absolute_uri
 
 logger = logging.getLogger(__name__)
 

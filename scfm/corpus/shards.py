@@ -42,19 +42,6 @@ LIST_ENCODINGS = {
 }
 
 
-def absolute_uri(uri: str) -> str:
-    """``uri`` with a local (possibly relative) path made absolute, as the driver sees it.
-
-    Workers resolve the output themselves; a relative path would land under each worker's own
-    working directory, so the driver resolves it once and passes the absolute form on.
-    """
-    if "://" in uri:
-        return uri.rstrip("/")
-    import os
-
-    return os.path.abspath(os.path.expanduser(uri))
-
-
 def resolve(uri: str) -> tuple[pafs.FileSystem, str]:
     """``(filesystem, root path)`` for a local path or a pyarrow filesystem URI."""
     if "://" in uri:

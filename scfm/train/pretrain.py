@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from scfm.runtime import ensure_ray
-from scfm.storage import is_uri, join_uri, redact_uri, redact_uri_text, redact_values
+from scfm.storage import absolute_uri, is_uri, join_uri, redact_uri, redact_uri_text, redact_values
 from scfm.train.config import PretrainConfig
 from scfm.train.ray_train import train_loop_per_worker
 from scfm.train.resume import check_resume, latest_checkpoint, resume_checkpoint
@@ -82,7 +82,7 @@ def build_trainer(
         ),
         run_config=RunConfig(
             name=cfg.name,
-            storage_path=_storage(cfg.storage_path),
+            storage_path=absolute_uri(cfg.storage_path),
             failure_config=FailureConfig(max_failures=max_failures),
             checkpoint_config=CheckpointConfig(num_to_keep=cfg.train.keep_checkpoints),
         ),
@@ -94,10 +94,6 @@ def _checkpoint_uri(path: str, storage_path: str) -> str:
     if is_uri(storage_path) and "://" not in path:
         return f"{storage_path.split('://', 1)[0]}://{path.lstrip('/')}"
     return path
-
-
-def _storage(path: str) -> str:
-    return path if is_uri(path) else str(Path(path).resolve())
 
 
 def run_pretraining(
@@ -139,8 +135,7 @@ def run_pretraining(
     cfg = cfg.with_run_name()
     if not cfg.data.corpus:
         raise ValueError("no corpus: set data.corpus (a directory built by `scfm corpus build`)")
-    if not is_uri(cfg.data.corpus):  # workers run in Ray's own working directory
-        cfg = replace(cfg, data=replace(cfg.data, corpus=str(Path(cfg.data.corpus).resolve())))
+    cfg = replace(cfg, data=replace(cfg.data, corpus=absolute_uri(cfg.data.corpus)))
     resume_from = None
     if resume:
         resume_from = resume_checkpoint(resume)
@@ -211,7 +206,7 @@ def run_pretraining(
             run_id=run.info.run_id,
             metrics=metrics,
             checkpoint_dir=checkpoint_dir,
-            run_dir=join_uri(_storage(cfg.storage_path), cfg.name),
+            run_dir=join_uri(absolute_uri(cfg.storage_path), cfg.name),
             model_uri=model_uri,
         )
 

@@ -24,8 +24,8 @@ from typing import Any
 
 import pyarrow.fs as pafs
 
+from scfm.storage import absolute_uri, is_uri, join_uri, list_files, redact_uri, resolve
 from scfm.storage import exists as _exists
-from scfm.storage import is_uri, join_uri, list_files, redact_uri, resolve
 from scfm.train.config import PretrainConfig
 
 logger = logging.getLogger(__name__)
@@ -137,9 +137,7 @@ def resume_checkpoint(resume: str | Path) -> str:
 
     A checkpoint folder given directly must be complete when it has a marker.
     """
-    resume = str(resume)
-    if not is_uri(resume):
-        resume = str(Path(resume).resolve())
+    resume = absolute_uri(resume)
     if not _exists(resume):
         raise FileNotFoundError(f"--resume {redact_uri(resume)} does not exist")
     if _exists(join_uri(resume, TRAIN_STATE_FILE)):
