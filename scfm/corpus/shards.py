@@ -26,6 +26,7 @@ import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
 from scfm.corpus.sources import WorkUnit
+from scfm.storage import resolve  # noqa: F401  the corpus modules import it from here
 
 logger = logging.getLogger(__name__)
 
@@ -40,16 +41,6 @@ LIST_ENCODINGS = {
     "gene_idx.list.element": "DELTA_BINARY_PACKED",
     "counts.list.element": "BYTE_STREAM_SPLIT",
 }
-
-
-def resolve(uri: str) -> tuple[pafs.FileSystem, str]:
-    """``(filesystem, root path)`` for a local path or a pyarrow filesystem URI."""
-    if "://" in uri:
-        fs, path = pafs.FileSystem.from_uri(uri)
-        return fs, path.rstrip("/")
-    import os
-
-    return pafs.LocalFileSystem(), os.path.abspath(uri)
 
 
 def join(*parts: str) -> str:
