@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import os
 import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
 
 import pytest
 
@@ -12,6 +15,11 @@ os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 os.environ.setdefault("RAY_AUTH_MODE", "disabled")
 os.environ.setdefault("RAY_ENABLE_UV_RUN_RUNTIME_ENV", "0")
 os.environ.setdefault("TQDM_DISABLE", "1")
+# Ray Train runs in tests last seconds: its controller polls workers every 0.5 s (default 2 s, so
+# a finished or failed group is noticed sooner), and no preemption-watcher actor (one more
+# process per run; nothing here drains nodes). Inherited by every Ray process the tests start.
+os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.5")
+os.environ.setdefault("RAY_TRAIN_ENABLE_PREEMPTION_WATCHER", "0")
 # the training cache of every test session in its own folder, never the user's ~/.cache
 os.environ.setdefault("SCFM_CACHE_DIR", tempfile.mkdtemp(prefix="scfm-test-cache-"))
 
@@ -42,16 +50,27 @@ def ray_local():
     ray.shutdown()
 
 
-@pytest.fixture
-def mlflow_uri(tmp_path, monkeypatch):
-    """A fresh sqlite MLflow tracking store; MLFLOW_TRACKING_URI points at it for the test."""
-    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+@contextmanager
+def tracking_store(folder: Path) -> Iterator[str]:
+    """A sqlite MLflow store in ``folder``: MLFLOW_TRACKING_URI and mlflow's client point at it
+    for the block (module- and session-scoped fixtures use this; tests use ``mlflow_uri``)."""
     import mlflow
 
-    mlflow.set_tracking_uri(uri)
-    yield uri
-    mlflow.set_tracking_uri(None)
+    uri = f"sqlite:///{folder / 'mlflow.db'}"
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("MLFLOW_TRACKING_URI", uri)
+        mlflow.set_tracking_uri(uri)
+        try:
+            yield uri
+        finally:
+            mlflow.set_tracking_uri(None)
+
+
+@pytest.fixture
+def mlflow_uri(tmp_path):
+    """A fresh sqlite MLflow tracking store; MLFLOW_TRACKING_URI points at it for the test."""
+    with tracking_store(tmp_path) as uri:
+        yield uri
 
 
 # Real-data fixtures used by several test packages.

@@ -20,17 +20,14 @@ class DemoRun:
 @pytest.fixture(scope="session")
 def demo_run(ray_local, tmp_path_factory) -> DemoRun:
     """``scfm demo --small`` into a fresh folder with its own sqlite MLflow store."""
-    import mlflow
     from typer.testing import CliRunner
 
     from scfm.cli import app
+    from tests.conftest import tracking_store
 
     out = tmp_path_factory.mktemp("demo")
-    uri = f"sqlite:///{out / 'mlflow.db'}"
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("MLFLOW_TRACKING_URI", uri)
+    with tracking_store(out) as uri:
         result = CliRunner().invoke(app, ["demo", "--out", str(out), "--small", "--no-progress"])
-        mlflow.set_tracking_uri(None)
     (out / "demo.log").write_text(result.output)  # for a look after a failure
     assert result.exit_code == 0, result.output
     return DemoRun(out, uri, result.output.replace("\n", ""), result)

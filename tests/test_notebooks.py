@@ -84,6 +84,7 @@ def test_02_corpus_and_pretraining(ray_local, tmp_path, monkeypatch):
         "OUT": str(tmp_path / "out"),
         "MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path / 'mlflow.db'}",
         "STEPS": 2,
+        "LEARNING_RATES": [3e-3],  # one pretraining: the comparison cells run on its single run
     }
     nb = run_notebook("02_corpus_and_pretraining", params, tmp_path, monkeypatch)
     text = outputs_text(nb)
@@ -125,7 +126,7 @@ def test_04_official_weights(tmp_path, monkeypatch):
         "04_official_weights",
         {
             "CKPT": str(ckpt),
-            "MAX_CELLS": 60,
+            "MAX_CELLS": 30,
             "OUT": str(tmp_path / "out"),
             "MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path / 'mlflow.db'}",
         },

@@ -22,6 +22,7 @@ from scfm.data.io import read_counts
 from scfm.storage import list_files, redact_uri
 from scfm.train.config import PretrainConfig
 from scfm.train.pretrain import latest_checkpoint, run_pretraining
+from tests.conftest import tracking_store
 from tests.corpus.conftest import assert_same_corpus
 
 from .helpers import read_reports, recording_train_loop
@@ -86,13 +87,8 @@ def s3_corpus(ray_cluster, s3, inputs, tmp_path_factory):
 @pytest.fixture(scope="module")
 def tracking(tmp_path_factory):
     """A sqlite MLflow store for this module (MLFLOW_TRACKING_URI set until its end)."""
-    mp = pytest.MonkeyPatch()
-    uri = f"sqlite:///{tmp_path_factory.mktemp('mlflow') / 'mlflow.db'}"
-    mp.setenv("MLFLOW_TRACKING_URI", uri)
-    mlflow.set_tracking_uri(uri)
-    yield uri
-    mlflow.set_tracking_uri(None)
-    mp.undo()
+    with tracking_store(tmp_path_factory.mktemp("mlflow")) as uri:
+        yield uri
 
 
 def test_corpus_build_spreads_over_nodes_and_refreshes_on_s3(

@@ -1,4 +1,8 @@
-"""Real services on 127.0.0.1 for end-to-end tests: an MLflow server and a Ray head node."""
+"""Real services on 127.0.0.1 for end-to-end tests: an MLflow server and a Ray head node.
+
+Both are package-scoped: they stop once this package's tests are done, so their processes do not
+take CPU from the rest of the suite.
+"""
 
 from __future__ import annotations
 
@@ -71,7 +75,7 @@ def serving(
                 proc.wait(timeout=10)
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="package")
 def mlflow_server(tmp_path_factory):
     """``mlflow server`` with a sqlite backend and served artifacts; yields its URL."""
     root = tmp_path_factory.mktemp("mlflow-server")
@@ -95,13 +99,15 @@ def mlflow_server(tmp_path_factory):
         yield url
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="package")
 def ray_head(tmp_path_factory):
     """``ray start --head`` on 127.0.0.1 with the job server; yields the dashboard address."""
     temp = tmp_path_factory.mktemp("ray-head")
     dash = free_port()
     env = os.environ | {"RAY_AUTH_MODE": "disabled", "RAY_USAGE_STATS_ENABLED": "0"}
-    subprocess.run(
+    # its own process group: every daemon it starts (GCS, raylet, dashboard and its agents, the
+    # client server) stays in it, whatever name the process gives itself later
+    start = subprocess.Popen(
         [
             str(BIN / "ray"),
             "start",
@@ -129,38 +135,45 @@ def ray_head(tmp_path_factory):
             str(temp),
             "--disable-usage-stats",
         ],
-        check=True,
         env=env,
-        capture_output=True,
-        timeout=120,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
     )
     address = f"http://127.0.0.1:{dash}"
     try:
+        output, _ = start.communicate(timeout=120)
+        assert start.returncode == 0, output.decode(errors="replace")
         wait_http(f"{address}/api/version", timeout=60)
         yield address
     finally:
-        stop_processes_using(temp)
+        stop_group(start.pid)
 
 
-def stop_processes_using(temp: Path, timeout: float = 15) -> None:
-    """Kill this head's processes only (``ray stop`` would also kill the session's local Ray)."""
-    pids = []
+def group_members(pgid: int) -> list[int]:
+    """Live processes of process group ``pgid`` (field 5 of ``/proc/<pid>/stat``)."""
+    members = []
     for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit() or int(entry.name) == os.getpid():
+        if not entry.name.isdigit():
             continue
         try:
-            cmdline = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+            stat = (entry / "stat").read_text()
         except OSError:
             continue
-        if str(temp) in cmdline:
-            pids.append(int(entry.name))
+        fields = stat.rsplit(")", 1)[1].split()  # after "pid (comm)": state, ppid, pgrp, ...
+        if int(fields[2]) == pgid and fields[0] != "Z":
+            members.append(int(entry.name))
+    return members
+
+
+def stop_group(pgid: int, timeout: float = 5) -> None:
+    """Stop every process of group ``pgid`` (``ray stop`` would also stop the session's local
+    Ray): SIGTERM, then SIGKILL for what is left after ``timeout`` seconds."""
     for sig in (signal.SIGTERM, signal.SIGKILL):
-        pids = [p for p in pids if Path(f"/proc/{p}").exists()]
-        for pid in pids:
-            try:
-                os.kill(pid, sig)
-            except ProcessLookupError:
-                pass
+        try:
+            os.killpg(pgid, sig)
+        except ProcessLookupError:
+            return
         deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline and any(Path(f"/proc/{p}").exists() for p in pids):
+        while time.monotonic() < deadline and group_members(pgid):
             time.sleep(0.2)

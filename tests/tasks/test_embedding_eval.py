@@ -21,6 +21,7 @@ from scfm.tasks.embedding_cli import evaluate_embedding_command
 from scfm.tasks.embedding_eval import EmbeddingEvalConfig, evaluate_embedding
 from scfm.tasks.labelled import LabelError
 from scfm.tasks.scib import AGGREGATES, BATCH_METRICS, BIO_METRICS
+from tests.conftest import tracking_store
 
 runner = CliRunner()
 N_CELLS = 300
@@ -61,11 +62,8 @@ def trained_checkpoint(kang300, tmp_path_factory):
 def cli_run(kang300_h5ad, trained_checkpoint, tmp_path_factory):
     """One CLI run with its own MLflow store (module scope: the scIB kernels compile once)."""
     root = tmp_path_factory.mktemp("cli")
-    uri = f"sqlite:///{root / 'mlflow.db'}"
     cmd = ["evaluate", "embedding"]
-    mp = pytest.MonkeyPatch()
-    mp.setenv("MLFLOW_TRACKING_URI", uri)
-    try:
+    with tracking_store(root) as uri:
         result = runner.invoke(
             app,
             [
@@ -78,8 +76,6 @@ def cli_run(kang300_h5ad, trained_checkpoint, tmp_path_factory):
                 "--device", "cpu",
             ],
         )  # fmt: skip
-    finally:
-        mp.undo()
     return result, root / "out", uri, trained_checkpoint
 
 

@@ -67,7 +67,7 @@ def test_tiny_model_learns_real_cells(kang_vocab_counts):
     batches = [pack_rows(X[i : i + 8]) for i in range(0, 48, 8)]
     val = [pack_rows(kang_vocab_counts[100:116])]
     model = XTrimoGene(ModelConfig.from_name("tiny"))
-    args = TrainArgs(max_steps=40, lr=1e-2, warmup_steps=3)
+    args = TrainArgs(max_steps=24, lr=1e-2, warmup_steps=3)
     opt = build_optimizer(model, args)
     sched = build_scheduler(opt, args)
     rda = RDAConfig()
@@ -75,14 +75,13 @@ def test_tiny_model_learns_real_cells(kang_vocab_counts):
     before = validate(model, val, rda, device=cpu)
     losses = []
     for step in range(args.max_steps):
-        it = iter(batches[(2 * step) % 6 : (2 * step) % 6 + 2])
-        mbs = micro_batches(it, rda, rng, 2)
+        mbs = micro_batches(iter(batches[step % 6 : step % 6 + 1]), rda, rng, 1)
         res = train_step(model, mbs, opt, sched, device=cpu, grad_clip=1.0)
-        assert res.cells == 16 and res.tokens > 16 * 2
+        assert res.cells == 8 and res.tokens > 8 * 2
         losses.append(res.loss)
     after = validate(model, val, rda, device=cpu)
     assert all(math.isfinite(v) for v in (*before.values(), *after.values()))
-    # Measured: train loss 1.07 -> 0.87 and val loss 1.16 -> 0.90 over these 40 steps.
+    # Measured: train loss 1.06 -> 0.83, val loss 1.26 -> 0.86, RDE MAE 2.61 -> 0.72 (24 steps).
     assert np.mean(losses[-5:]) < 0.92 * np.mean(losses[:3])
     assert after["val_loss"] < 0.9 * before["val_loss"]
     assert after["val_rde_mae"] < before["val_rde_mae"]

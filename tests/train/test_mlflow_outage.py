@@ -149,13 +149,13 @@ def test_training_goes_on_through_an_mlflow_outage(tracking, ray_local, kang_cor
     from scfm.train.pretrain import run_pretraining
     from tests.train.faults import progress_train_loop
 
-    steps = 20
+    steps = 14
     cfg = PretrainConfig.load(
         overrides=[
             "model=tiny", f"data.corpus={kang_corpus}", "data.micro_batch_size=4",
             "data.val_cells=24", "train.global_batch_size=8", f"train.max_steps={steps}",
-            "train.warmup_steps=2", "train.log_every=2", "train.val_every=10",
-            "train.checkpoint_every=10", "scale.num_workers=2", "scale.cpus_per_worker=0.5",
+            "train.warmup_steps=2", "train.log_every=2", "train.val_every=7",
+            "train.checkpoint_every=7", "scale.num_workers=2", "scale.cpus_per_worker=0.5",
             f"storage_path={tmp_path / 'ray'}", "name=outage",
         ]
     )  # fmt: skip

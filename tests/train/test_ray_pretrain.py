@@ -1,6 +1,13 @@
-"""Real Ray Train runs on 2 CPU workers with a real sqlite MLflow store (about a minute each)."""
+"""Real Ray Train runs on 2 CPU workers with a real sqlite MLflow store.
+
+One uninterrupted 12-step run on a tracked corpus is shared by the module: its lineage and
+learning are checked, it is resumed, and a run that fails twice must end with its exact weights.
+"""
 
 from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
 
 import mlflow
 import numpy as np
@@ -11,8 +18,9 @@ from scfm.model import load_checkpoint
 from scfm.model.rda import prepare_inference
 from scfm.train.config import PretrainConfig
 from scfm.train.pretrain import download_model, latest_checkpoint, run_pretraining
+from tests.conftest import tracking_store
 from tests.fixtures_data import pack_rows
-from tests.train.faults import failing_train_loop
+from tests.train.faults import faulty_train_loop
 
 pytestmark = pytest.mark.slow
 
@@ -64,19 +72,40 @@ def _tracked_corpus(out) -> str:
     return str(out)
 
 
-def test_two_workers_learn_register_and_resume(
-    ray_local, mlflow_uri, tmp_path, kang_vocab_counts, monkeypatch
-):
+@dataclass
+class Uninterrupted:
+    root: Path
+    uri: str  # the module's sqlite MLflow store
+    corpus: str
+    result: object  # run_pretraining's result: 12 steps, registered as models:/scfm-test/1
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(ray_local, tmp_path_factory) -> Uninterrupted:
+    """The tracked Kang corpus and one uninterrupted 12-step run on it (relative corpus path)."""
+    root = tmp_path_factory.mktemp("pretrain")
+    with tracking_store(root) as uri, pytest.MonkeyPatch.context() as mp:
+        corpus = _tracked_corpus(root / "corpus")
+        mp.chdir(root)  # a relative corpus path: resolved on the driver, not the workers
+        result = run_pretraining(_cfg("corpus", str(root / "ray"), "run-a", steps=12))
+    return Uninterrupted(root, uri, corpus, result)
+
+
+@pytest.fixture
+def store(uninterrupted):
+    """The module's MLflow store for this test (runs it starts land next to the shared one)."""
+    with tracking_store(uninterrupted.root) as uri:
+        yield uri
+
+
+def test_two_workers_learn_register_and_resume(uninterrupted, store, tmp_path, kang_vocab_counts):
     from scfm.corpus.loader import open_corpus
 
-    corpus_uri = _tracked_corpus(tmp_path / "corpus")
-    monkeypatch.chdir(tmp_path)  # a relative corpus path: resolved on the driver, not the workers
-    cfg = _cfg("corpus", str(tmp_path / "ray"), "run-a", steps=12)
-    result = run_pretraining(cfg)
+    result, corpus_uri = uninterrupted.result, uninterrupted.corpus
     assert result.metrics["step"] == 12
     # the run is linked to the corpus build: its run id, version and manifest checksum
     corpus = open_corpus(corpus_uri)
-    build_run = mlflow.search_runs(experiment_names=["corpus"], output_format="list")[0]
+    (build_run,) = mlflow.search_runs(experiment_names=["corpus"], output_format="list")
     assert corpus.manifest.mlflow_run_id == build_run.info.run_id
     pretrain_run = mlflow.get_run(result.run_id)
     assert pretrain_run.data.params["corpus.mlflow_run_id"] == build_run.info.run_id
@@ -117,47 +146,32 @@ def test_two_workers_learn_register_and_resume(
     assert latest_checkpoint(resumed.run_dir) == latest_checkpoint(tmp_path / "ray" / "run-b")
 
 
-def test_injected_worker_failure_resumes_from_checkpoint(
-    ray_local, mlflow_uri, kang_corpus, tmp_path
-):
-    cfg = _cfg(kang_corpus, str(tmp_path / "ray"), "run-fail", steps=12)
-    result = run_pretraining(cfg, train_loop=failing_train_loop(9), max_failures=1)
-    assert result.metrics["step"] == 12
-    # The failure struck after step 9; the run restarted at the step-6 checkpoint.
-    assert _history(result.run_id, "restored_step") == [(6, 6.0)]
-    steps = [s for s, _ in _history(result.run_id, "loss")]
-    assert steps.count(8) == 2 and steps.count(12) == 1 and max(steps) == 12
-    assert np.isfinite(result.metrics["val_loss"])
-
-
-def test_sigkilled_worker_resumes_to_the_weights_of_an_uninterrupted_run(
-    ray_local, mlflow_uri, kang_corpus, tmp_path
-):
-    """A Ray Train worker process is SIGKILLed after step 9 (no exception raised in it): the run
-    restarts from the step-6 checkpoint, replays the same data position, and ends with the
-    weights of an uninterrupted run with the same seed. CPU, gloo; tolerance: exact equality
-    (atol=rtol=0) - the replay is deterministic."""
+def test_failures_resume_to_the_weights_of_an_uninterrupted_run(uninterrupted, store, tmp_path):
+    """The last rank raises after step 9; the restarted group resumes at the step-6 checkpoint,
+    and there that worker's process is SIGKILLed after step 11 (no exception raised in it: the
+    OOM killer's way). The run restarts from step 6 again, replays the same data positions, and
+    ends with the weights of the uninterrupted run with the same seed. CPU, gloo; tolerance:
+    exact equality (atol=rtol=0) - the replay is deterministic."""
     import os
 
     from scfm.model.checkpoint import read_checkpoint
-    from tests.train.faults import killing_train_loop
 
-    ref = run_pretraining(_cfg(kang_corpus, str(tmp_path / "ray"), "ref", steps=12))
+    ref = uninterrupted.result
     marker = tmp_path / "killed.pid"
     hit = run_pretraining(
-        _cfg(kang_corpus, str(tmp_path / "ray"), "killed", steps=12),
-        train_loop=killing_train_loop(9, str(marker)),
-        max_failures=1,
+        _cfg(uninterrupted.corpus, str(tmp_path / "ray"), "twice", steps=12),
+        train_loop=faulty_train_loop(9, 11, str(marker)),
+        max_failures=2,
     )
     pid = int(marker.read_text())
     assert not os.path.exists(f"/proc/{pid}")  # that worker process is gone
     assert hit.metrics["step"] == 12
-    assert _history(hit.run_id, "restored_step") == [(6, 6.0)]
+    assert _history(hit.run_id, "restored_step") == [(6, 6.0), (6, 6.0)]
     steps = [s for s, _ in _history(hit.run_id, "loss")]
-    # every step is in MLflow; 7..9 ran twice, but rank 0's metrics buffered in the attempt that
-    # was torn down may be lost with it (the replay logs those steps again), so 1 or 2 entries
+    # every step is in MLflow; 7..9 ran three times and 10..11 twice, but rank 0's metrics
+    # buffered in the SIGKILLed attempt may be lost with it (the replay logs those steps again)
     assert set(steps) == set(range(1, 13))
-    assert steps.count(10) == 1 and steps.count(8) in (1, 2)
+    assert steps.count(12) == 1 and steps.count(10) in (1, 2) and steps.count(8) in (2, 3)
     a = read_checkpoint(ref.checkpoint_dir)["state_dict"]
     b = read_checkpoint(hit.checkpoint_dir)["state_dict"]
     assert a.keys() == b.keys()
