@@ -50,10 +50,9 @@ def absolute_uri(uri: str | os.PathLike) -> str:
     Ray workers run in their own working directory: a relative path would land (or be looked
     for) under each worker's, so the driver resolves it once and passes the absolute form on.
     """
-    text = str(uri)
-    if "://" in text:
-        return text.rstrip("/")
-    return os.path.abspath(os.path.expanduser(text))
+    if is_uri(uri):
+        return str(uri).rstrip("/")
+    return resolve(uri)[1]  # file://, ~ and relative paths as resolve() reads them
 
 
 def resolve(uri: str | os.PathLike) -> tuple[pafs.FileSystem, str]:

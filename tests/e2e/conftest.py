@@ -51,10 +51,8 @@ def serving(
     stop_timeout: float = 20,
     env: dict[str, str] | None = None,
 ) -> Iterator[subprocess.Popen]:
-    """Run a server in its own process group, yield once ``health`` answers, then stop the group.
-
-    SIGTERM first (``stop_timeout`` seconds for a graceful stop), then SIGKILL.
-    """
+    """Run a server in its own process group, yield once ``health`` answers, then stop the group
+    (:func:`stop_group`: ``stop_timeout`` seconds for a graceful stop, then SIGKILL)."""
     proc = subprocess.Popen(
         cmd,
         env=env,
@@ -66,13 +64,8 @@ def serving(
         wait_http(health, timeout, proc=proc)
         yield proc
     finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGTERM)
-            try:
-                proc.wait(timeout=stop_timeout)
-            except subprocess.TimeoutExpired:
-                os.killpg(proc.pid, signal.SIGKILL)
-                proc.wait(timeout=10)
+        stop_group(proc.pid, stop_timeout)
+        proc.wait(timeout=10)  # reap the leader
 
 
 @pytest.fixture(scope="package")

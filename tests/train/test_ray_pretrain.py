@@ -17,7 +17,12 @@ import torch
 from scfm.model import load_checkpoint
 from scfm.model.rda import prepare_inference
 from scfm.train.config import PretrainConfig
-from scfm.train.pretrain import download_model, latest_checkpoint, run_pretraining
+from scfm.train.pretrain import (
+    PretrainResult,
+    download_model,
+    latest_checkpoint,
+    run_pretraining,
+)
 from tests.conftest import tracking_store
 from tests.fixtures_data import pack_rows
 from tests.train.faults import faulty_train_loop
@@ -74,21 +79,20 @@ def _tracked_corpus(out) -> str:
 
 @dataclass
 class Uninterrupted:
-    root: Path
-    uri: str  # the module's sqlite MLflow store
+    root: Path  # holds the module's sqlite MLflow store
     corpus: str
-    result: object  # run_pretraining's result: 12 steps, registered as models:/scfm-test/1
+    result: PretrainResult  # 12 steps, registered as models:/scfm-test/1
 
 
 @pytest.fixture(scope="module")
 def uninterrupted(ray_local, tmp_path_factory) -> Uninterrupted:
     """The tracked Kang corpus and one uninterrupted 12-step run on it (relative corpus path)."""
     root = tmp_path_factory.mktemp("pretrain")
-    with tracking_store(root) as uri, pytest.MonkeyPatch.context() as mp:
+    with tracking_store(root), pytest.MonkeyPatch.context() as mp:
         corpus = _tracked_corpus(root / "corpus")
         mp.chdir(root)  # a relative corpus path: resolved on the driver, not the workers
         result = run_pretraining(_cfg("corpus", str(root / "ray"), "run-a", steps=12))
-    return Uninterrupted(root, uri, corpus, result)
+    return Uninterrupted(root, corpus, result)
 
 
 @pytest.fixture
