@@ -49,10 +49,13 @@ def absolute_uri(uri: str | os.PathLike) -> str:
 
     Ray workers run in their own working directory: a relative path would land (or be looked
     for) under each worker's, so the driver resolves it once and passes the absolute form on.
+    An explicit ``file://`` stays one (``file:///abs/path``): it declares a mount every node
+    shares, which a multi-node corpus build requires.
     """
     if is_uri(uri):
         return str(uri).rstrip("/")
-    return resolve(uri)[1]  # file://, ~ and relative paths as resolve() reads them
+    path = resolve(uri)[1]  # file://, ~ and relative paths as resolve() reads them
+    return f"file://{path}" if str(uri).startswith("file://") else path
 
 
 def resolve(uri: str | os.PathLike) -> tuple[pafs.FileSystem, str]:
@@ -67,8 +70,8 @@ def resolve(uri: str | os.PathLike) -> tuple[pafs.FileSystem, str]:
 
 
 def join_uri(base: str, *parts: str) -> str:
-    """``base/part/…`` for a URI or a local path."""
-    if is_uri(base):
+    """``base/part/…`` for a URI (``file://`` included) or a local path."""
+    if "://" in str(base):
         return "/".join([base.rstrip("/"), *(p.strip("/") for p in parts)])
     return str(Path(base, *parts))
 

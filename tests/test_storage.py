@@ -13,9 +13,12 @@ def test_absolute_uri_reads_local_forms_as_resolve_does(tmp_path, monkeypatch):
     here = str(tmp_path / "corpus")
     assert absolute_uri("corpus") == absolute_uri("./corpus/") == here
     assert absolute_uri(tmp_path / "corpus") == here
-    assert absolute_uri(f"file://{here}") == here  # a local path, so join_uri keeps its slashes
     assert absolute_uri("~/runs") == os.path.join(str(tmp_path), "home", "runs")
-    for local in ("corpus", f"file://{here}", "~/runs"):
+    for local in ("corpus", "~/runs"):
         assert absolute_uri(local) == resolve(local)[1]
-    assert join_uri(absolute_uri(f"file://{here}"), "run-a") == os.path.join(here, "run-a")
+    # an explicit file:// (a mount all nodes share) stays one, with its slashes kept on joining
+    assert absolute_uri("file://corpus") == f"file://{here}"
+    assert absolute_uri(f"file://{here}/") == f"file://{here}"
+    assert resolve(absolute_uri(f"file://{here}"))[1] == here
+    assert join_uri(absolute_uri(f"file://{here}"), "run-a") == f"file://{here}/run-a"
     assert absolute_uri("s3://bucket/corpus/") == "s3://bucket/corpus"  # left to the workers

@@ -6,10 +6,12 @@ Both travel to Ray workers by pickling; the library's signatures carry no fault 
 from __future__ import annotations
 
 import json
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from scfm.corpus.sources import DirectorySource, WorkUnit
 from scfm.train.ray_train import train_loop_per_worker
@@ -23,13 +25,45 @@ def _node_id() -> str:
     return ray.get_runtime_context().get_node_id()
 
 
-def wait_for(pattern: str, folder: Path, timeout: float = 120.0) -> Path:
-    """The first file matching ``pattern`` in ``folder`` (polls until ``timeout``)."""
+class Background:
+    """``fn()`` in a thread; its return value or exception is kept for the test to check."""
+
+    def __init__(self, fn: Callable[[], Any]) -> None:
+        self.result: Any = None
+        self.error: BaseException | None = None
+        self._thread = threading.Thread(target=self._run, args=(fn,), daemon=True)
+        self._thread.start()
+
+    def _run(self, fn: Callable[[], Any]) -> None:
+        try:
+            self.result = fn()
+        except BaseException as exc:  # noqa: BLE001 - re-raised by outcome()
+            self.error = exc
+
+    @property
+    def running(self) -> bool:
+        return self._thread.is_alive()
+
+    def outcome(self, timeout: float) -> Any:
+        """The return value once ``fn`` ends (its exception is raised here)."""
+        self._thread.join(timeout=timeout)
+        if self.running:
+            raise TimeoutError(f"still running after {timeout:.0f} s")
+        if self.error is not None:
+            raise self.error
+        return self.result
+
+
+def wait_for(pattern: str, folder: Path, job: Background, timeout: float = 120.0) -> Path:
+    """The first file matching ``pattern`` in ``folder``; fails as soon as ``job`` has ended."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         found = sorted(folder.glob(pattern))
         if found:
             return found[0]
+        if not job.running:
+            job.outcome(0)  # raises the job's own error
+            raise AssertionError(f"the job ended before any {pattern} appeared in {folder}")
         time.sleep(0.2)
     raise TimeoutError(f"no {pattern} in {folder} after {timeout:.0f} s")
 

@@ -7,7 +7,6 @@ process on it are killed) while the work is in flight.
 
 from __future__ import annotations
 
-import threading
 from pathlib import Path
 
 import mlflow
@@ -24,6 +23,7 @@ from tests.corpus.conftest import assert_same_corpus
 
 from .conftest import ensure_workers, worker_nodes
 from .helpers import (
+    Background,
     GatedDirectorySource,
     read_reports,
     recording_train_loop,
@@ -61,28 +61,15 @@ def test_corpus_build_loses_no_cell_when_a_node_dies(ray_cluster, tmp_path):
             progress=False,
         )
 
-    outcome: dict = {}
-
-    def build() -> None:
-        try:
-            outcome["result"] = build_corpus(cfg(tmp_path / "corpus", source, "ray"))
-        except BaseException as exc:  # noqa: BLE001 - reported by the assertion below
-            outcome["error"] = exc
-
-    thread = threading.Thread(target=build)
-    thread.start()
+    build = Background(lambda: build_corpus(cfg(tmp_path / "corpus", source, "ray")))
     try:
-        blocked = wait_for("blocked-*", gate)  # block 0 of a.h5ad sleeps on this node
+        blocked = wait_for("blocked-*", gate, build)  # block 0 of a.h5ad sleeps on this node
         doomed = blocked.name.removeprefix("blocked-")
-        assert thread.is_alive()
         _remove_node_of(ray_cluster, doomed)
         (gate / "removed").write_text("")
-        thread.join(timeout=300)
-        assert not thread.is_alive(), "build did not finish after the node loss"
+        result = build.outcome(timeout=300)
     finally:
         ensure_workers(ray_cluster)
-    assert "error" not in outcome, outcome.get("error")
-    result = outcome["result"]
     assert result.exit_code == 0 and not result.manifest.quarantined
     assert doomed not in {r.node for r in result.unit_results}  # its block was re-run elsewhere
     assert len(result.unit_results) == 5
@@ -108,19 +95,10 @@ def test_training_resumes_after_node_loss_to_the_same_final_step(
     log_dir = tmp_path / "reports"
     log_dir.mkdir()
     cfg = pretrain_cfg(str(corpus), s3.uri("ray-node-loss"), "run-loss", steps=6)
-    outcome: dict = {}
-
-    def train() -> None:
-        try:
-            loop = recording_train_loop(str(log_dir), pause_at_step=3)
-            outcome["result"] = run_pretraining(cfg, max_failures=1, train_loop=loop)
-        except BaseException as exc:  # noqa: BLE001 - reported by the assertion below
-            outcome["error"] = exc
-
-    thread = threading.Thread(target=train)
-    thread.start()
+    loop = recording_train_loop(str(log_dir), pause_at_step=3)
+    train = Background(lambda: run_pretraining(cfg, max_failures=1, train_loop=loop))
     try:
-        paused = wait_for("paused-*", log_dir, timeout=300)  # the last rank sleeps at step 3
+        paused = wait_for("paused-*", log_dir, train, timeout=300)  # the last rank sleeps at step 3
         doomed = paused.name.removeprefix("paused-")
         # Ray Train commits a reported checkpoint when its controller has seen every rank's
         # report (a snapshot file in the run directory); only then does losing a node keep it
@@ -128,12 +106,9 @@ def test_training_resumes_after_node_loss_to_the_same_final_step(
         wait_until(lambda: exists(snapshot), timeout=120)
         _remove_node_of(ray_cluster, doomed)
         ensure_workers(ray_cluster)  # a replacement node, as an autoscaler would add
-        thread.join(timeout=400)
-        assert not thread.is_alive(), "training did not finish after the node loss"
+        result = train.outcome(timeout=400)
     finally:
         ensure_workers(ray_cluster)
-    assert "error" not in outcome, outcome.get("error")
-    result = outcome["result"]
     assert result.metrics["step"] == 6
     reports = read_reports(log_dir)
     before = [r for r in reports if not r["restored"]]

@@ -281,10 +281,12 @@ def test_relative_output_is_resolved_on_the_driver(tmp_path, kang, ray_local, mo
 
 def test_local_output_is_refused_on_a_multi_node_cluster():
     from scfm.corpus.build import check_output_reachable
+    from scfm.storage import absolute_uri
 
     check_output_reachable("corpus", 1)
     check_output_reachable("s3://bucket/corpus", 3)
     check_output_reachable("file:///mnt/shared/corpus", 3)
+    check_output_reachable(absolute_uri("file:///mnt/shared/corpus"), 3)  # as the build passes it
     with pytest.raises(ValueError, match="local path, but the Ray cluster has 3 nodes.*s3://"):
         check_output_reachable("corpus", 3)
 
