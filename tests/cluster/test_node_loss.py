@@ -2,7 +2,8 @@
 
 A test hook pauses one piece of work (a corpus block read; a training step of the last rank)
 and writes which node it is on; the test then removes that node (its raylet and every worker
-process on it are killed) while the work is in flight.
+process on it are killed) while the work is in flight. The training drill is the package's
+``drilled_run`` (conftest.py), which the object-store and team-MLflow tests inspect too.
 """
 
 from __future__ import annotations
@@ -15,29 +16,14 @@ import pytest
 from scfm import datasets
 from scfm.corpus.build import BuildConfig, build_corpus
 from scfm.corpus.qc import QCConfig
-from scfm.corpus.sources import DirectorySource, H5ADSource
+from scfm.corpus.sources import DirectorySource
 from scfm.data.io import read_counts
-from scfm.storage import exists
-from scfm.train.pretrain import run_pretraining
 from tests.corpus.conftest import assert_same_corpus
 
-from .conftest import ensure_workers, worker_nodes
-from .helpers import (
-    Background,
-    GatedDirectorySource,
-    read_reports,
-    recording_train_loop,
-    wait_for,
-    wait_until,
-)
-from .test_object_store import pretrain_cfg
+from .conftest import ensure_workers, remove_node_of
+from .helpers import Background, GatedDirectorySource, wait_for
 
 pytestmark = pytest.mark.slow
-
-
-def _remove_node_of(cluster, node_id: str) -> None:
-    (node,) = [n for n in worker_nodes(cluster) if n.node_id == node_id]
-    cluster.remove_node(node, allow_graceful=False)
 
 
 def test_corpus_build_loses_no_cell_when_a_node_dies(ray_cluster, tmp_path):
@@ -65,7 +51,7 @@ def test_corpus_build_loses_no_cell_when_a_node_dies(ray_cluster, tmp_path):
     try:
         blocked = wait_for("blocked-*", gate, build)  # block 0 of a.h5ad sleeps on this node
         doomed = blocked.name.removeprefix("blocked-")
-        _remove_node_of(ray_cluster, doomed)
+        remove_node_of(ray_cluster, doomed)
         (gate / "removed").write_text("")
         result = build.outcome(timeout=300)
     finally:
@@ -78,39 +64,9 @@ def test_corpus_build_loses_no_cell_when_a_node_dies(ray_cluster, tmp_path):
     assert_same_corpus(str(tmp_path / "corpus"), str(tmp_path / "fresh"))
 
 
-def test_training_resumes_after_node_loss_to_the_same_final_step(
-    ray_cluster, s3, tmp_path, mlflow_uri
-):
-    corpus = tmp_path / "corpus"
-    build_corpus(
-        BuildConfig(
-            output=str(corpus),
-            sources=[H5ADSource(paths=[str(datasets.fetch("kang2018"))], name="kang")],
-            block_cells=1000,
-            executor="local",
-            mlflow=False,
-            progress=False,
-        )
-    )
-    log_dir = tmp_path / "reports"
-    log_dir.mkdir()
-    cfg = pretrain_cfg(str(corpus), s3.uri("ray-node-loss"), "run-loss", steps=6)
-    loop = recording_train_loop(str(log_dir), pause_at_step=3)
-    train = Background(lambda: run_pretraining(cfg, max_failures=1, train_loop=loop))
-    try:
-        paused = wait_for("paused-*", log_dir, train, timeout=300)  # the last rank sleeps at step 3
-        doomed = paused.name.removeprefix("paused-")
-        # Ray Train commits a reported checkpoint when its controller has seen every rank's
-        # report (a snapshot file in the run directory); only then does losing a node keep it
-        snapshot = s3.uri("ray-node-loss", "run-loss", "checkpoint_manager_snapshot.json")
-        wait_until(lambda: exists(snapshot), timeout=120)
-        _remove_node_of(ray_cluster, doomed)
-        ensure_workers(ray_cluster)  # a replacement node, as an autoscaler would add
-        result = train.outcome(timeout=400)
-    finally:
-        ensure_workers(ray_cluster)
+def test_training_resumes_after_node_loss_to_the_same_final_step(drilled_run):
+    result, reports, doomed = drilled_run.result, drilled_run.reports, drilled_run.doomed
     assert result.metrics["step"] == 6
-    reports = read_reports(log_dir)
     before = [r for r in reports if not r["restored"]]
     after = [r for r in reports if r["restored"]]
     assert max(r["step"] for r in before) == 3 and doomed in {r["node"] for r in before}

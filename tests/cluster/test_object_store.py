@@ -12,87 +12,20 @@ import mlflow
 import numpy as np
 import pytest
 
-from scfm import datasets
-from scfm.corpus.build import BuildConfig, build_corpus
+from scfm.corpus.build import build_corpus
 from scfm.corpus.build_report import build_and_log
 from scfm.corpus.loader import open_corpus
-from scfm.corpus.qc import QCConfig
-from scfm.corpus.sources import DirectorySource
-from scfm.data.io import read_counts
 from scfm.storage import list_files, redact_uri
-from scfm.train.config import PretrainConfig
 from scfm.train.pretrain import latest_checkpoint, run_pretraining
-from tests.conftest import tracking_store
 from tests.corpus.conftest import assert_same_corpus
 
-from .helpers import read_reports, recording_train_loop
+from .conftest import corpus_cfg, pretrain_cfg
 
 pytestmark = pytest.mark.slow
-QC = QCConfig(min_genes=50)
-
-
-def corpus_cfg(output: str, root, **kw) -> BuildConfig:
-    return BuildConfig(
-        output=output,
-        sources=[DirectorySource(root=str(root), name="lab")],
-        qc=QC,
-        block_cells=200,
-        progress=False,
-        **kw,
-    )
-
-
-def pretrain_cfg(corpus: str, storage: str, name: str, steps: int, **extra: str) -> PretrainConfig:
-    overrides = {
-        "model": "tiny",
-        "data.corpus": corpus,
-        "data.micro_batch_size": "4",
-        "data.val_cells": "16",
-        "train.global_batch_size": "8",
-        "train.max_steps": str(steps),
-        "train.warmup_steps": "1",
-        "train.log_every": "1",
-        "train.val_every": "100",
-        "train.checkpoint_every": "2",
-        "scale.num_workers": "2",
-        "scale.cpus_per_worker": "1",  # one worker per 1-CPU node: the group spans both nodes
-        "storage_path": storage,
-        "name": name,
-        "tracking.register_as": "",
-    } | extra
-    return PretrainConfig.load(overrides=[f"{k}={v}" for k, v in overrides.items()])
-
-
-@pytest.fixture(scope="module")
-def inputs(tmp_path_factory):
-    """Two h5ad inputs of 600 Kang PBMC cells (3 blocks each) and a third held back for refresh."""
-    kang = read_counts(datasets.fetch("kang2018"))
-    root = tmp_path_factory.mktemp("inputs")
-    kang[:600].write_h5ad(root / "a.h5ad")
-    kang[600:1200].write_h5ad(root / "b.h5ad")
-    spare = tmp_path_factory.mktemp("spare") / "c.h5ad"
-    kang[1200:1500].write_h5ad(spare)
-    return root, spare
-
-
-@pytest.fixture(scope="module")
-def s3_corpus(ray_cluster, s3, inputs, tmp_path_factory):
-    """A corpus built on the cluster straight into s3://; returns (uri, build result)."""
-    uri = s3.uri("corpus")
-    result = build_corpus(corpus_cfg(uri, inputs[0], executor="ray", mlflow=False))
-    assert result.exit_code == 0
-    return uri, result
-
-
-@pytest.fixture(scope="module")
-def tracking(tmp_path_factory):
-    """A sqlite MLflow store for this module (MLFLOW_TRACKING_URI set until its end)."""
-    with tracking_store(tmp_path_factory.mktemp("mlflow")) as uri:
-        yield uri
 
 
 def test_corpus_build_spreads_over_nodes_and_refreshes_on_s3(
-    s3_corpus, s3, inputs, tmp_path, ray_cluster, tracking
+    s3_corpus, s3, inputs, tmp_path, ray_cluster
 ):
     uri, result = s3_corpus
     nodes = {r.node for r in result.unit_results}
@@ -116,42 +49,33 @@ def test_corpus_build_spreads_over_nodes_and_refreshes_on_s3(
         assert_same_corpus(uri, str(fresh))
     finally:
         (root / "c.h5ad").unlink()
-    (run,) = mlflow.search_runs(experiment_names=["corpus"], output_format="list")
+    run = mlflow.get_run(refreshed.mlflow_run_id)
     assert run.data.tags["scfm.corpus_uri"] == uri == redact_uri(secret_uri)
     logged = str(run.data.params) + str(run.data.tags)
     assert secret not in logged and key not in logged
 
 
-@pytest.fixture(scope="module")
-def s3_pretrained(s3_corpus, s3, tracking, tmp_path_factory):
-    """4 steps of the tiny model, 2 workers on 2 nodes, checkpoints under s3://…/ray."""
-    log_dir = tmp_path_factory.mktemp("reports-a")
-    cfg = pretrain_cfg(s3_corpus[0], s3.uri("ray"), "run-a", steps=4)
-    result = run_pretraining(cfg, train_loop=recording_train_loop(str(log_dir)))
-    return result, read_reports(log_dir)
-
-
-def test_pretraining_on_two_nodes_resumes_from_s3_checkpoint(s3_pretrained, s3_corpus, s3):
-    result, reports = s3_pretrained
-    assert result.metrics["step"] == 4
-    assert len({r["node"] for r in reports}) == 2  # one DDP worker on each worker node
+def test_pretraining_on_two_nodes_resumes_from_s3_checkpoint(drilled_run, s3_corpus, s3):
+    result, reports = drilled_run.result, drilled_run.reports
+    assert result.metrics["step"] == 6
+    assert len({r["node"] for r in reports if r["restored"]}) == 2  # one DDP worker per node
     assert result.run_dir == s3.uri("ray", "run-a")
     assert result.checkpoint_dir.startswith(s3.uri("ray", "run-a"))
     assert latest_checkpoint(result.run_dir) == result.checkpoint_dir
 
-    more = pretrain_cfg(s3_corpus[0], s3.uri("ray"), "run-b", steps=6)
+    more = pretrain_cfg(s3_corpus[0], s3.uri("ray"), "run-b", steps=8)
     resumed = run_pretraining(more, resume=result.run_dir)
-    assert resumed.metrics["step"] == 6
+    assert resumed.metrics["step"] == 8
     run = mlflow.get_run(resumed.run_id)
     assert run.data.tags["scfm.resumed_from"] == result.checkpoint_dir
     restored = mlflow.MlflowClient().get_metric_history(resumed.run_id, "restored_step")
-    assert [(m.step, m.value) for m in restored] == [(4, 4.0)]
+    assert [(m.step, m.value) for m in restored] == [(6, 6.0)]
 
 
-def test_batch_embedding_from_s3_checkpoint_to_s3(s3_pretrained, s3_corpus, s3):
+def test_batch_embedding_from_s3_checkpoint_to_s3(drilled_run, s3_corpus, s3):
     from scfm.inference.ray_batch import EmbedJobConfig, embed_dataset, read_embeddings
 
-    result, _ = s3_pretrained
+    result = drilled_run.result
     out = s3.uri("embeddings", "kang")
     job = embed_dataset(
         EmbedJobConfig(

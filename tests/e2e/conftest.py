@@ -48,11 +48,12 @@ def serving(
     health: str,
     *,
     timeout: float = 120,
-    stop_timeout: float = 20,
+    stop_timeout: float = 2,
     env: dict[str, str] | None = None,
 ) -> Iterator[subprocess.Popen]:
     """Run a server in its own process group, yield once ``health`` answers, then stop the group
-    (:func:`stop_group`: ``stop_timeout`` seconds for a graceful stop, then SIGKILL)."""
+    (:func:`stop_group`: ``stop_timeout`` seconds for a graceful stop, then SIGKILL; uvicorn's
+    graceful stop waits up to ~20 s for idle keep-alive connections, which tests do not need)."""
     proc = subprocess.Popen(
         cmd,
         env=env,
