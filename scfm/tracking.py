@@ -371,6 +371,7 @@ class AsyncMetricLogger:
     (``MlflowClient.log_batch``, at most 1,000 metrics each) every ``interval_s``. When the
     tracking server is unreachable it logs one warning, keeps the metrics, and retries with a
     backoff up to ``max_backoff_s``; once a batch goes through again it says so and catches up.
+    :meth:`flush` waits until what is queued has been sent (not while the server is down);
     :meth:`close` flushes, waiting up to ``flush_timeout_s``; what still cannot be sent then is
     written to ``unsent_dir/mlflow-unsent-<run_id>.jsonl`` (one metric per line) and named in a
     warning, so nothing is lost silently. At most ``max_buffer`` metrics wait in memory (the
@@ -482,6 +483,18 @@ class AsyncMetricLogger:
             self._wake.clear()
             ok = self._send_pending()
             backoff = self.interval_s if ok else min(backoff * 2, self.max_backoff_s)
+
+    def flush(self, timeout_s: float = 10.0) -> int:
+        """Wait (up to ``timeout_s``) until what is queued now has been sent; returns the metrics
+        still pending. Returns at once while the server is down: training never waits on it."""
+        import time
+
+        deadline = time.monotonic() + timeout_s
+        self._wake.set()
+        while self.pending and self._down_since is None and time.monotonic() < deadline:
+            time.sleep(0.01)
+            self._wake.set()
+        return self.pending
 
     def close(self) -> int:
         """Flush (waiting up to ``flush_timeout_s``) and stop; returns the metrics not sent."""

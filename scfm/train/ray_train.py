@@ -65,6 +65,7 @@ def train_loop_per_worker(config: dict[str, Any], report_hook: ReportHook | None
             if step and step % cfg.train.log_every == 0:
                 ray.train.report(metrics)
             return
+        tracker.flush()
         with tempfile.TemporaryDirectory() as d:
             checkpoint = None
             if rank == 0:
@@ -141,6 +142,12 @@ class _RankZeroTracker:
     def log(self, metrics: dict[str, float], step: int) -> None:
         if self.logger is not None:
             self.logger.log({k: v for k, v in metrics.items() if k != "step"}, step)
+
+    def flush(self) -> None:
+        """Send what is queued before a checkpoint is committed: a restore from it replays the
+        later steps (logged again), so no step's metrics die with a failed attempt."""
+        if self.logger is not None:
+            self.logger.flush()
 
     def close(self) -> None:
         if self.logger is not None:

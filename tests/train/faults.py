@@ -1,7 +1,7 @@
 """Test-only fault injection for recovery drills: a train loop that fails on purpose.
 
 The library's public signatures carry no fault switches; a drill passes this wrapper as
-``run_pretraining(..., train_loop=faulty_train_loop(9, 11, marker))``.
+``run_pretraining(..., train_loop=faulty_train_loop(9, 11, folder))``.
 """
 
 from __future__ import annotations
@@ -26,25 +26,29 @@ def progress_train_loop(path: str) -> Callable[[dict], None]:
     return loop
 
 
-def faulty_train_loop(raise_at_step: int, kill_at_step: int, marker: str) -> Callable[[dict], None]:
-    """A per-worker loop whose last rank fails twice: it raises at ``raise_at_step`` in the
-    first attempt, then SIGKILLs its own process at ``kill_at_step`` in the restored attempt.
+def faulty_train_loop(raise_at_step: int, kill_at_step: int, markers: str) -> Callable:
+    """A per-worker loop whose last rank fails twice: it raises at ``raise_at_step``, then, in
+    the restarted group, SIGKILLs its own process at ``kill_at_step``.
 
-    The kill is a process dying as under the OOM killer (no exception, no cleanup); ``marker``
-    receives its pid first, so the test can tell that the kill happened, and so it happens once.
+    The kill is a process dying as under the OOM killer (no exception, no cleanup). Each failure
+    happens once: it leaves a file in the folder ``markers`` first (``raised``; ``killed.pid``
+    with the pid, so the test can tell that the process is gone).
     """
     import os
     import signal
+    from pathlib import Path
 
     def loop(config: dict) -> None:
+        raised, killed = Path(markers, "raised"), Path(markers, "killed.pid")
+
         def hook(metrics: dict, step: int, restored: bool, rank: int, world: int) -> None:
             if rank != world - 1:
                 return
-            if step == raise_at_step and not restored:
+            if step == raise_at_step and not raised.exists():
+                raised.write_text(str(step))
                 raise RuntimeError(f"injected failure at step {step}")
-            if step == kill_at_step and restored and not os.path.exists(marker):
-                with open(marker, "w") as f:
-                    f.write(str(os.getpid()))
+            if step == kill_at_step and raised.exists() and not killed.exists():
+                killed.write_text(str(os.getpid()))
                 os.kill(os.getpid(), signal.SIGKILL)
 
         train_loop_per_worker(config, report_hook=hook)

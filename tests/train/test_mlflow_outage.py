@@ -132,6 +132,9 @@ def test_metrics_logger_never_blocks_warns_once_and_keeps_what_it_cannot_send(
         assert time.perf_counter() - t0 < 0.05  # no HTTP on the caller's path
         time.sleep(2.0)  # several background attempts
         assert log.n_failures >= 2 and log.pending == 5
+        t0 = time.perf_counter()
+        assert log.flush(timeout_s=30) == 5  # the server is down: no waiting for it
+        assert time.perf_counter() - t0 < 0.5
         assert log.close() == 5
     down = [r for r in caplog.records if "is not taking metrics" in r.message]
     assert len(down) == 1
@@ -190,3 +193,18 @@ def test_training_goes_on_through_an_mlflow_outage(tracking, ray_local, kang_cor
     logged = sorted((m.step, m.value) for m in history)
     assert logged == sorted((int(r[0]), float(r[1])) for r in rows)  # every step, exactly once
     assert [s for s, _ in logged] == list(range(1, steps + 1))
+
+
+def test_metrics_logger_flush_sends_what_is_queued(tmp_path):
+    from scfm.tracking import AsyncMetricLogger
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    client = mlflow.MlflowClient(tracking_uri=uri)
+    run_id = client.create_run(client.create_experiment("flush")).info.run_id
+    log = AsyncMetricLogger(uri, run_id, interval_s=60.0)  # no background send before flush
+    for step in range(1, 4):
+        log.log({"loss": 1.0 / step}, step)
+    assert log.flush(timeout_s=30) == 0 and log.pending == 0
+    history = client.get_metric_history(run_id, "loss")
+    assert sorted((m.step, m.value) for m in history) == [(s, 1.0 / s) for s in range(1, 4)]
+    assert log.close() == 0
