@@ -2,7 +2,9 @@
 
 Training keeps going while the server is down and every step's metrics reach MLflow once it is
 back; metrics that cannot be sent by the end are written to a file, never dropped silently; a
-corpus build whose MLflow server dies after the commit still succeeds (exit code 0).
+corpus build whose MLflow server dies after the commit still succeeds (exit code 0). The tests
+run in file order on one server: training restarts it after its outage, the corpus build kills
+it, and the logger test needs it down (one server start fewer than restarting per test).
 """
 
 from __future__ import annotations
@@ -83,6 +85,55 @@ class KillServerSource(H5ADSource):
         return super().read(unit)
 
 
+@pytest.mark.slow
+def test_training_goes_on_through_an_mlflow_outage(tracking, ray_local, kang_corpus, tmp_path):
+    from scfm.train.config import PretrainConfig
+    from scfm.train.pretrain import run_pretraining
+    from tests.train.faults import progress_train_loop
+
+    steps = 14
+    cfg = PretrainConfig.load(
+        overrides=[
+            "model=tiny", f"data.corpus={kang_corpus}", "data.micro_batch_size=4",
+            "data.val_cells=24", "train.global_batch_size=8", f"train.max_steps={steps}",
+            "train.warmup_steps=2", "train.log_every=2", "train.val_every=7",
+            "train.checkpoint_every=7", "scale.num_workers=2", "scale.cpus_per_worker=0.5",
+            f"storage_path={tmp_path / 'ray'}", "name=outage",
+        ]
+    )  # fmt: skip
+    progress = tmp_path / "progress.txt"
+    progress.touch()
+
+    def reported() -> list[list[str]]:
+        return [line.split() for line in progress.read_text().splitlines()]
+
+    events: dict[str, float] = {}
+
+    def outage() -> None:
+        while len(reported()) < 3:
+            time.sleep(0.1)
+        tracking.stop()
+        events["down"] = time.time()
+        n = len(reported())
+        while len(reported()) < n + 4 and len(reported()) < steps:
+            time.sleep(0.1)
+        events["restart"] = time.time()
+        tracking.start()
+
+    t = threading.Thread(target=outage, daemon=True)
+    t.start()
+    result = run_pretraining(cfg, train_loop=progress_train_loop(str(progress)))
+    t.join(timeout=120)
+    assert result.metrics["step"] == steps
+    rows = reported()
+    during = [r for r in rows if events["down"] < float(r[2]) < events["restart"]]
+    assert len(during) >= 3  # training went on while MLflow was down
+    history = mlflow.MlflowClient().get_metric_history(result.run_id, "loss")
+    logged = sorted((m.step, m.value) for m in history)
+    assert logged == sorted((int(r[0]), float(r[1])) for r in rows)  # every step, exactly once
+    assert [s for s, _ in logged] == list(range(1, steps + 1))
+
+
 def test_corpus_build_succeeds_when_mlflow_dies_after_its_run_opened(
     tracking, tmp_path, monkeypatch
 ):
@@ -144,55 +195,6 @@ def test_metrics_logger_never_blocks_warns_once_and_keeps_what_it_cannot_send(
     assert [(d["key"], d["step"], d["value"]) for d in map(json.loads, lines)] == [
         ("loss", s, 1.0 / s) for s in range(1, 6)
     ]
-
-
-@pytest.mark.slow
-def test_training_goes_on_through_an_mlflow_outage(tracking, ray_local, kang_corpus, tmp_path):
-    from scfm.train.config import PretrainConfig
-    from scfm.train.pretrain import run_pretraining
-    from tests.train.faults import progress_train_loop
-
-    steps = 14
-    cfg = PretrainConfig.load(
-        overrides=[
-            "model=tiny", f"data.corpus={kang_corpus}", "data.micro_batch_size=4",
-            "data.val_cells=24", "train.global_batch_size=8", f"train.max_steps={steps}",
-            "train.warmup_steps=2", "train.log_every=2", "train.val_every=7",
-            "train.checkpoint_every=7", "scale.num_workers=2", "scale.cpus_per_worker=0.5",
-            f"storage_path={tmp_path / 'ray'}", "name=outage",
-        ]
-    )  # fmt: skip
-    progress = tmp_path / "progress.txt"
-    progress.touch()
-
-    def reported() -> list[list[str]]:
-        return [line.split() for line in progress.read_text().splitlines()]
-
-    events: dict[str, float] = {}
-
-    def outage() -> None:
-        while len(reported()) < 3:
-            time.sleep(0.1)
-        tracking.stop()
-        events["down"] = time.time()
-        n = len(reported())
-        while len(reported()) < n + 4 and len(reported()) < steps:
-            time.sleep(0.1)
-        events["restart"] = time.time()
-        tracking.start()
-
-    t = threading.Thread(target=outage, daemon=True)
-    t.start()
-    result = run_pretraining(cfg, train_loop=progress_train_loop(str(progress)))
-    t.join(timeout=120)
-    assert result.metrics["step"] == steps
-    rows = reported()
-    during = [r for r in rows if events["down"] < float(r[2]) < events["restart"]]
-    assert len(during) >= 3  # training went on while MLflow was down
-    history = mlflow.MlflowClient().get_metric_history(result.run_id, "loss")
-    logged = sorted((m.step, m.value) for m in history)
-    assert logged == sorted((int(r[0]), float(r[1])) for r in rows)  # every step, exactly once
-    assert [s for s, _ in logged] == list(range(1, steps + 1))
 
 
 def test_metrics_logger_flush_sends_what_is_queued(tmp_path):
