@@ -51,12 +51,10 @@ def ray_local():
 
 
 @contextmanager
-def tracking_store(folder: Path) -> Iterator[str]:
-    """A sqlite MLflow store in ``folder``: MLFLOW_TRACKING_URI and mlflow's client point at it
-    for the block (module- and session-scoped fixtures use this; tests use ``mlflow_uri``)."""
+def tracking_uri(uri: str) -> Iterator[str]:
+    """MLFLOW_TRACKING_URI and mlflow's client point at ``uri`` for the block."""
     import mlflow
 
-    uri = f"sqlite:///{folder / 'mlflow.db'}"
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("MLFLOW_TRACKING_URI", uri)
         mlflow.set_tracking_uri(uri)
@@ -64,6 +62,12 @@ def tracking_store(folder: Path) -> Iterator[str]:
             yield uri
         finally:
             mlflow.set_tracking_uri(None)
+
+
+def tracking_store(folder: Path):
+    """A sqlite MLflow store in ``folder``, tracked to for the block (module- and session-scoped
+    fixtures use this; tests use ``mlflow_uri``)."""
+    return tracking_uri(f"sqlite:///{folder / 'mlflow.db'}")
 
 
 @pytest.fixture

@@ -38,7 +38,7 @@ from scfm.corpus.qc import QCConfig
 from scfm.corpus.sources import DirectorySource
 from scfm.data.io import read_counts
 from scfm.train.config import PretrainConfig
-from tests.conftest import init_local_ray, tracking_store
+from tests.conftest import init_local_ray, tracking_store, tracking_uri
 from tests.e2e.conftest import BIN, free_port, serving, wait_http
 
 from .helpers import Background, read_reports, recording_train_loop, wait_for, wait_until
@@ -227,20 +227,12 @@ def team_mlflow(postgres, s3, tmp_path_factory):
 @pytest.fixture(scope="package")
 def tracking(team_mlflow, tmp_path_factory) -> Iterator[str]:
     """MLFLOW_TRACKING_URI for the package: the team server (sqlite without PostgreSQL)."""
-    import mlflow
-
     if team_mlflow is None:
         with tracking_store(tmp_path_factory.mktemp("mlflow")) as uri:
             yield uri
-        return
-    url, _ = team_mlflow
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("MLFLOW_TRACKING_URI", url)
-        mlflow.set_tracking_uri(url)
-        try:
-            yield url
-        finally:
-            mlflow.set_tracking_uri(None)
+    else:
+        with tracking_uri(team_mlflow[0]) as uri:
+            yield uri
 
 
 QC = QCConfig(min_genes=50)
