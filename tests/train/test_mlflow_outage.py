@@ -155,7 +155,8 @@ def test_corpus_build_succeeds_when_mlflow_dies_after_its_run_opened(
     tracking.proc.wait(timeout=20)
     tracking.proc = None
     assert result.exit_code == 0
-    assert result.mlflow_run_id and "ConnectionError" in result.mlflow_error
+    # refused, or reset when the kill cut a kept-alive connection: either way a connection error
+    assert result.mlflow_run_id and "Connection" in result.mlflow_error, result.mlflow_error
     assert mlflow.active_run() is None  # nothing left dangling for the next run
     c = open_corpus(cfg.output)
     assert c.manifest.mlflow_run_id == result.mlflow_run_id
