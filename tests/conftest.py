@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 import tempfile
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from pathlib import Path
 
 import pytest
@@ -64,7 +64,7 @@ def tracking_uri(uri: str) -> Iterator[str]:
             mlflow.set_tracking_uri(None)
 
 
-def tracking_store(folder: Path):
+def tracking_store(folder: Path) -> AbstractContextManager[str]:
     """A sqlite MLflow store in ``folder``, tracked to for the block (module- and session-scoped
     fixtures use this; tests use ``mlflow_uri``)."""
     return tracking_uri(f"sqlite:///{folder / 'mlflow.db'}")
