@@ -149,7 +149,7 @@ def pretrain_demo_model(cfg: DemoConfig, corpus: str):
     from scfm.train.pretrain import run_pretraining
 
     steps = cfg.pretrain_steps
-    every = max(1, steps // 3)
+    every = max(2, steps // 3)  # validation and checkpoints: 3 in a run (each takes seconds)
     pcfg = PretrainConfig.load(
         overrides=[
             f"model={cfg.model}",

@@ -2,11 +2,39 @@
 
 from __future__ import annotations
 
+import functools
+import importlib
 from typing import Any
 
 import numpy as np
 
 MISSING_LABELS = {"", "None", "nan", "NaN"}
+# umap-learn's numba kernels that it compiles without an on-disk cache (pynndescent's are cached)
+UMAP_KERNEL_MODULES = ("umap.umap_", "umap.layouts", "umap.utils")
+
+
+@functools.cache
+def cache_umap_kernels() -> int:
+    """Keep umap-learn's compiled numba kernels on disk (once per process; returns how many).
+
+    umap-learn compiles its neighbour-graph and layout kernels without numba's cache, so every
+    new process (a CLI call, a notebook kernel, a Ray worker) spends ~10 s compiling them before
+    its first UMAP. With the cache, only the first process of an installation compiles; the
+    cache lives next to umap's own bytecode (or numba's user cache folder when that is
+    read-only) and numba recompiles when umap-learn or numba change."""
+    from numba.core.caching import NullCache
+    from numba.core.dispatcher import Dispatcher
+
+    n = 0
+    for name in UMAP_KERNEL_MODULES:
+        for kernel in vars(importlib.import_module(name)).values():
+            if isinstance(kernel, Dispatcher) and isinstance(kernel._cache, NullCache):
+                try:
+                    kernel.enable_caching()
+                except RuntimeError:  # no writable cache location: compile as umap does
+                    continue
+                n += 1
+    return n
 
 
 def umap_coordinates(embeddings: np.ndarray, *, n_neighbors: int = 15, seed: int = 0) -> np.ndarray:
@@ -18,6 +46,7 @@ def umap_coordinates(embeddings: np.ndarray, *, n_neighbors: int = 15, seed: int
     if emb.ndim != 2 or emb.shape[0] < 3:
         raise ValueError(f"need a (cells, dims) array with at least 3 cells, got {emb.shape}")
     adata = ad.AnnData(obsm={"X_rep": emb}, shape=(emb.shape[0], 0))
+    cache_umap_kernels()
     sc.pp.neighbors(
         adata, use_rep="X_rep", n_neighbors=min(n_neighbors, emb.shape[0] - 1), random_state=seed
     )

@@ -122,7 +122,7 @@ def test_tiny_model_overfits_a_small_batch(loader_batch) -> None:
     b = collate(loader_batch(2, seed=0), RDAConfig(), generator=0)
     opt = torch.optim.Adam(model.parameters(), lr=1e-2)
     losses = []
-    for _ in range(100):
+    for _ in range(60):  # measured: loss / 31 by step 60 (/ 14 at 50)
         loss = masked_mse(model(*b.encoder_inputs(), b.masked), b.target, b.masked)
         opt.zero_grad()
         loss.backward()

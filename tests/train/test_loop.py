@@ -67,7 +67,7 @@ def test_tiny_model_learns_real_cells(kang_vocab_counts):
     batches = [pack_rows(X[i : i + 8]) for i in range(0, 48, 8)]
     val = [pack_rows(kang_vocab_counts[100:116])]
     model = XTrimoGene(ModelConfig.from_name("tiny"))
-    args = TrainArgs(max_steps=24, lr=1e-2, warmup_steps=3)
+    args = TrainArgs(max_steps=12, lr=1e-2, warmup_steps=3)
     opt = build_optimizer(model, args)
     sched = build_scheduler(opt, args)
     rda = RDAConfig()
@@ -81,7 +81,8 @@ def test_tiny_model_learns_real_cells(kang_vocab_counts):
         losses.append(res.loss)
     after = validate(model, val, rda, device=cpu)
     assert all(math.isfinite(v) for v in (*before.values(), *after.values()))
-    # Measured: train loss 1.06 -> 0.83, val loss 1.26 -> 0.86, RDE MAE 2.61 -> 0.72 (24 steps).
+    # Measured (12 steps): last-5 / first-3 train loss 0.83, val loss x 0.74, RDE MAE 2.61 -> 1.13
+    # (24 steps: 0.78, x 0.68, 2.61 -> 0.72).
     assert np.mean(losses[-5:]) < 0.92 * np.mean(losses[:3])
     assert after["val_loss"] < 0.9 * before["val_loss"]
     assert after["val_rde_mae"] < before["val_rde_mae"]

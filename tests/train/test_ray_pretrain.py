@@ -1,13 +1,17 @@
-"""Real Ray Train runs on 2 CPU workers with a real sqlite MLflow store.
+"""Real Ray Train runs on 2 CPU workers tracked to a real ``mlflow server`` (the package's).
 
-One uninterrupted 12-step run on a tracked corpus is shared by the module: its lineage and
-learning are checked, and a run resumed from its step-6 checkpoint that fails twice on the way
-must end with its exact weights.
+One 12-step run on a tracked corpus is shared by the module. Its MLflow server is killed after
+step 3 and restarted at once (down until the new one answers): training must go on meanwhile and
+every step's metrics must reach MLflow once. Its lineage and learning are checked, and a run
+resumed from its step-6 checkpoint that fails twice on the way must end with its exact weights
+(the outage touches only tracking, so the run is the uninterrupted reference).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import threading
+import time
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import mlflow
@@ -24,9 +28,9 @@ from scfm.train.pretrain import (
     latest_checkpoint,
     run_pretraining,
 )
-from tests.conftest import tracking_store
+from tests.conftest import tracking_uri
 from tests.fixtures_data import pack_rows
-from tests.train.faults import faulty_train_loop
+from tests.train.faults import faulty_train_loop, progress_train_loop
 
 pytestmark = pytest.mark.slow
 
@@ -82,27 +86,71 @@ def _tracked_corpus(out) -> str:
 
 @dataclass
 class Uninterrupted:
-    root: Path  # holds the module's sqlite MLflow store
+    root: Path
     corpus: str
     result: PretrainResult  # 12 steps, registered as models:/scfm-test/1
+    progress: list[tuple[int, float, float]]  # rank 0's (step, loss, wall time) at each step
+    outage: dict[str, float] = field(default_factory=dict)  # wall times: "down", "up"
+
+
+class Outage(threading.Thread):
+    """Kills the MLflow server once rank 0 has reported ``after`` steps and restarts it at once:
+    it is down until the new server answers (~10-20 s here, longer than the rest of the run)."""
+
+    def __init__(self, server, progress: Path, after: int):
+        super().__init__(daemon=True)
+        self.server, self.progress, self.after = server, progress, after
+        self.times: dict[str, float] = {}
+
+    def run(self) -> None:
+        while len(self.progress.read_text().splitlines()) < self.after:
+            time.sleep(0.1)
+        self.server.stop()
+        self.times["down"] = time.time()
+        self.server.start()  # returns once it answers
+        self.times["up"] = time.time()
 
 
 @pytest.fixture(scope="module")
-def uninterrupted(ray_local, tmp_path_factory) -> Uninterrupted:
-    """The tracked Kang corpus and one uninterrupted 12-step run on it (relative corpus path)."""
+def uninterrupted(ray_local, mlflow_server, tmp_path_factory) -> Uninterrupted:
+    """The tracked Kang corpus and one 12-step run on it (relative corpus path) whose MLflow
+    server is killed after step 3 and restarted."""
     root = tmp_path_factory.mktemp("pretrain")
-    with tracking_store(root), pytest.MonkeyPatch.context() as mp:
+    progress = root / "progress.txt"
+    progress.touch()
+    with tracking_uri(mlflow_server.ensure_up()), pytest.MonkeyPatch.context() as mp:
         corpus = _tracked_corpus(root / "corpus")
         mp.chdir(root)  # a relative corpus path: resolved on the driver, not the workers
-        result = run_pretraining(_cfg("corpus", str(root / "ray"), "run-a", steps=12))
-    return Uninterrupted(root, corpus, result)
+        outage = Outage(mlflow_server, progress, after=3)
+        outage.start()
+        result = run_pretraining(
+            _cfg("corpus", str(root / "ray"), "run-a", steps=12),
+            train_loop=progress_train_loop(str(progress)),
+        )
+        outage.join(timeout=120)
+    rows = [line.split() for line in progress.read_text().splitlines()]
+    steps = [(int(a), float(b), float(c)) for a, b, c in rows]
+    return Uninterrupted(root, corpus, result, steps, outage.times)
 
 
 @pytest.fixture
-def store(uninterrupted):
-    """The module's MLflow store for this test (runs it starts land next to the shared one)."""
-    with tracking_store(uninterrupted.root) as uri:
+def store(uninterrupted, mlflow_server):
+    """The module's MLflow server for this test (up again after the shared run's outage)."""
+    with tracking_uri(mlflow_server.ensure_up()) as uri:
         yield uri
+
+
+def test_training_goes_on_through_an_mlflow_outage(uninterrupted, store):
+    down, up = uninterrupted.outage["down"], uninterrupted.outage["up"]
+    during = [s for s, _, t in uninterrupted.progress if down < t < up]
+    assert len(during) >= 3  # training went on while MLflow was down
+    result = uninterrupted.result
+    assert result.metrics["step"] == 12
+    logged = sorted((m.step, m.value) for m in mlflow.MlflowClient().get_metric_history(
+        result.run_id, "loss"
+    ))  # fmt: skip
+    assert logged == sorted((s, loss) for s, loss, _ in uninterrupted.progress)  # exactly once
+    assert [s for s, _ in logged] == list(range(1, 13))
 
 
 def test_two_workers_learn_and_register(uninterrupted, store, tmp_path, kang_vocab_counts):
