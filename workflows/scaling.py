@@ -8,7 +8,7 @@ On a cluster (each point is a Ray Train run with the base config's scale setting
 
     ray job submit --address http://127.0.0.1:8265 --working-dir . -- \\
         python workflows/scaling.py --config configs/pretrain_10m.yaml \\
-        --models 3m 10m 100m --cells 1000000 10000000 --set scale.num_workers=8
+        --models 3m 10m 100m --cells 1000000 10000000 --set scale.num_workers=8 --concurrent 3
 
 Each point is a nested MLflow run under a parent run that holds ``scaling.csv`` and
 ``scaling.png`` (validation loss vs non-embedding parameters and vs training FLOPs); the same
@@ -38,6 +38,12 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--epochs", type=float, default=defaults.epochs, help="passes per run")
     parser.add_argument("--name", default=defaults.name, help="sweep (parent run) name")
+    parser.add_argument(
+        "--concurrent",
+        type=int,
+        default=defaults.concurrent,
+        help="points trained at the same time (each its own Ray Train worker group)",
+    )
     parser.add_argument("--out", default="results/scaling", help="where the table and plot go")
     args = parser.parse_args(argv)
     setup_logging()
@@ -45,7 +51,11 @@ def main(argv: list[str] | None = None) -> int:
     overrides = list(args.overrides) + ([f"data.corpus={args.corpus}"] if args.corpus else [])
     base = PretrainConfig.load(args.config, overrides)
     sweep = ScalingSweep(
-        models=args.models, train_cells=args.cells, epochs=args.epochs, name=args.name
+        models=args.models,
+        train_cells=args.cells,
+        epochs=args.epochs,
+        name=args.name,
+        concurrent=args.concurrent,
     )
     points = run_scaling(base, sweep, args.out)
     print(json.dumps([p.to_dict() for p in points], indent=2))

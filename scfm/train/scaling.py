@@ -2,7 +2,9 @@
 
 One MLflow parent run (``scaling``) holds the table and the plot; every point is an ordinary
 pretraining run nested under it (tag ``mlflow.parentRunId``), so the MLflow UI shows the sweep
-as a tree and each point keeps its own curves and checkpoint.
+as a tree and each point keeps its own curves and checkpoint. ``concurrent`` points train at
+the same time, each its own Ray Train run with the base config's scale settings (a cluster with
+room for several worker groups finishes the sweep that much sooner).
 
 x axes: non-embedding parameters (the convention of the scaling-law literature: the 19,267 × E
 gene table grows with width but costs no compute per cell) and training FLOPs
@@ -14,6 +16,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -32,6 +35,11 @@ class ScalingSweep:
     train_cells: list[int] = field(default_factory=lambda: [2_000, 20_000])
     epochs: float = 1.0  # passes over each point's train cells (sets train.max_steps)
     name: str = "scaling"
+    concurrent: int = 1  # points trained at the same time (each needs its own worker group)
+
+    def __post_init__(self) -> None:
+        if self.concurrent < 1:
+            raise ValueError(f"concurrent must be at least 1, got {self.concurrent}")
 
     def points(self) -> list[tuple[str, int]]:
         return [(m, n) for m in self.models for n in self.train_cells]
@@ -101,27 +109,28 @@ def run_scaling(
     client.log_param(parent_id, "train_cells", ",".join(map(str, sweep.train_cells)))
     client.log_param(parent_id, "epochs", sweep.epochs)
     client.log_param(parent_id, "corpus", base.data.corpus)
-    points: list[ScalingPoint] = []
+    client.log_param(parent_id, "concurrent", sweep.concurrent)
+
+    def run_point(cfg: PretrainConfig) -> ScalingPoint:
+        result = run_pretraining(cfg, tags={"mlflow.parentRunId": parent_id})
+        counts = parameter_counts(cfg.model_config())
+        embedding = sum(counts[p] for p in EMBEDDING_PARTS)
+        metrics = result.metrics
+        return ScalingPoint(
+            model=cfg.model,
+            train_cells=cfg.data.max_train_cells or 0,
+            steps=int(metrics["step"]),
+            params=counts["total"],
+            params_non_embedding=counts["total"] - embedding,
+            train_pflops=float(metrics.get("train_pflops", math.nan)),
+            val_loss=float(metrics.get("val_loss", math.nan)),
+            val_rde_mae=float(metrics.get("val_rde_mae", math.nan)),
+            run_id=result.run_id,
+        )
+
     status = "FAILED"
     try:
-        for cfg in configs:
-            result = run_pretraining(cfg, tags={"mlflow.parentRunId": parent_id})
-            counts = parameter_counts(cfg.model_config())
-            embedding = sum(counts[p] for p in EMBEDDING_PARTS)
-            metrics = result.metrics
-            points.append(
-                ScalingPoint(
-                    model=cfg.model,
-                    train_cells=cfg.data.max_train_cells or 0,
-                    steps=int(metrics["step"]),
-                    params=counts["total"],
-                    params_non_embedding=counts["total"] - embedding,
-                    train_pflops=float(metrics.get("train_pflops", math.nan)),
-                    val_loss=float(metrics.get("val_loss", math.nan)),
-                    val_rde_mae=float(metrics.get("val_rde_mae", math.nan)),
-                    run_id=result.run_id,
-                )
-            )
+        points = _run_points(run_point, configs, sweep.concurrent)
         out = Path(out_dir)
         out.mkdir(parents=True, exist_ok=True)
         table = write_table(points, out / "scaling.csv")
@@ -135,6 +144,19 @@ def run_scaling(
     finally:
         client.set_terminated(parent_id, status)
     return points
+
+
+def _run_points(run_point, configs: list[PretrainConfig], concurrent: int) -> list[ScalingPoint]:
+    """Every point, in sweep order: one after another in this thread (Ctrl-C stops Ray Train as
+    usual), or ``concurrent`` at a time in threads that wait on their Ray Train runs (MLflow's
+    active run is per thread). After a failure no new point starts; those training finish."""
+    if concurrent == 1:
+        return [run_point(cfg) for cfg in configs]
+    pool = ThreadPoolExecutor(concurrent, thread_name_prefix="scaling-point")
+    try:
+        return list(pool.map(run_point, configs))
+    finally:
+        pool.shutdown(wait=False, cancel_futures=True)
 
 
 def write_table(points: list[ScalingPoint], path: Path) -> Path:

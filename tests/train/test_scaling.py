@@ -27,11 +27,14 @@ def test_point_configs_set_model_data_and_steps():
     assert base.model == "tiny" and base.data.max_train_cells is None  # base left alone
     with pytest.raises(KeyError, match="unknown model preset"):
         point_config(base, sweep, "7b", 20, "t0")
+    with pytest.raises(ValueError, match="concurrent must be at least 1"):
+        ScalingSweep(concurrent=0)
 
 
 def test_sweep_logs_nested_runs_table_and_plot(ray_local, mlflow_uri, kang_corpus, tmp_path):
     out = tmp_path / "out"
     argv = ["--corpus", kang_corpus, "--models", "tiny", "--cells", "16", "32", "--out", str(out)]
+    argv += ["--concurrent", "2"]  # both 1-worker points at once on the 2-CPU local Ray
     argv += [
         f"--set={kv}"
         for kv in (
@@ -69,3 +72,7 @@ def test_sweep_logs_nested_runs_table_and_plot(ray_local, mlflow_uri, kang_corpu
     )
     assert sorted(r.info.run_id for r in children) == sorted(table["run_id"])
     assert parent.data.metrics["best_val_loss"] == pytest.approx(table["val_loss"].min())
+    assert parent.data.params["concurrent"] == "2"
+    # the points trained at the same time: each started before the other ended
+    (a, b) = [client.get_run(r).info for r in table["run_id"]]
+    assert a.start_time < b.end_time and b.start_time < a.end_time
