@@ -7,10 +7,12 @@ take CPU from the rest of the suite.
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.request
 from collections.abc import Iterator
@@ -94,9 +96,11 @@ def mlflow_server(tmp_path_factory):
 
 
 @pytest.fixture(scope="package")
-def ray_head(tmp_path_factory):
+def ray_head():
     """``ray start --head`` on 127.0.0.1 with the job server; yields the dashboard address."""
-    temp = tmp_path_factory.mktemp("ray-head")
+    # a short folder: Ray's socket paths under it must stay within AF_UNIX's 107 bytes, which a
+    # long pytest temp folder (a deep TMPDIR, pytest-xdist's per-worker folders) exceeds
+    temp = Path(tempfile.mkdtemp(prefix="scfm-rh-"))
     dash = free_port()
     env = os.environ | {"RAY_AUTH_MODE": "disabled", "RAY_USAGE_STATS_ENABLED": "0"}
     # its own process group: every daemon it starts (GCS, raylet, dashboard and its agents, the
@@ -142,6 +146,7 @@ def ray_head(tmp_path_factory):
         yield address
     finally:
         stop_group(start.pid)
+        shutil.rmtree(temp, ignore_errors=True)
 
 
 def group_members(pgid: int) -> list[int]:
