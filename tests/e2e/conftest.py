@@ -98,8 +98,9 @@ def mlflow_server(tmp_path_factory):
 @pytest.fixture(scope="package")
 def ray_head():
     """``ray start --head`` on 127.0.0.1 with the job server; yields the dashboard address."""
-    # a short folder: Ray's socket paths under it must stay within AF_UNIX's 107 bytes, which a
-    # long pytest temp folder (a deep TMPDIR, pytest-xdist's per-worker folders) exceeds
+    # a folder straight under the system temp folder: Ray's socket paths under it must stay
+    # within AF_UNIX's 107 bytes, which pytest's nested temp folders can exceed (pytest-xdist's
+    # per-worker folders did)
     temp = Path(tempfile.mkdtemp(prefix="scfm-rh-"))
     dash = free_port()
     env = os.environ | {"RAY_AUTH_MODE": "disabled", "RAY_USAGE_STATS_ENABLED": "0"}
