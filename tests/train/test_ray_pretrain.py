@@ -1,10 +1,11 @@
 """Real Ray Train runs on 2 CPU workers tracked to a real ``mlflow server`` (the package's).
 
 One 12-step run on a tracked corpus is shared by the module. Its MLflow server is killed after
-step 3 and restarted at once (down until the new one answers): training must go on meanwhile and
-every step's metrics must reach MLflow once. Its lineage and learning are checked, and a run
-resumed from its step-6 checkpoint that fails twice on the way must end with its exact weights
-(the outage touches only tracking, so the run is the uninterrupted reference).
+step 3 and restarted once steps 4-6 (a checkpoint among them) were reported without it: training
+must go on meanwhile and every step's metrics must reach MLflow once. Its lineage and learning
+are checked, and a run resumed from its step-6 checkpoint that fails twice on the way must end
+with its exact weights (the outage touches only tracking, so the run is the uninterrupted
+reference).
 """
 
 from __future__ import annotations
@@ -94,19 +95,28 @@ class Uninterrupted:
 
 
 class Outage(threading.Thread):
-    """Kills the MLflow server once rank 0 has reported ``after`` steps and restarts it at once:
-    it is down until the new server answers (~10-20 s here, longer than the rest of the run)."""
+    """Kills the MLflow server once rank 0 has reported ``after`` steps and restarts it once
+    ``during`` more steps (a checkpoint among them) were reported while it was down, or after
+    ``patience_s`` if training stalls: it is down until the new server answers."""
 
-    def __init__(self, server, progress: Path, after: int):
+    def __init__(self, server, progress: Path, after: int, during: int, patience_s: float = 120):
         super().__init__(daemon=True)
-        self.server, self.progress, self.after = server, progress, after
+        self.server, self.progress = server, progress
+        self.after, self.during, self.patience_s = after, during, patience_s
         self.times: dict[str, float] = {}
 
-    def run(self) -> None:
-        while len(self.progress.read_text().splitlines()) < self.after:
+    def _wait_for(self, steps: int, timeout_s: float) -> None:
+        deadline = time.monotonic() + timeout_s
+        while len(self.progress.read_text().splitlines()) < steps:
+            if time.monotonic() > deadline:
+                return
             time.sleep(0.1)
+
+    def run(self) -> None:
+        self._wait_for(self.after, timeout_s=600)
         self.server.stop()
         self.times["down"] = time.time()
+        self._wait_for(self.after + self.during, timeout_s=self.patience_s)
         self.server.start()  # returns once it answers
         self.times["up"] = time.time()
 
@@ -114,14 +124,14 @@ class Outage(threading.Thread):
 @pytest.fixture(scope="module")
 def uninterrupted(ray_local, mlflow_server, tmp_path_factory) -> Uninterrupted:
     """The tracked Kang corpus and one 12-step run on it (relative corpus path) whose MLflow
-    server is killed after step 3 and restarted."""
+    server is killed after step 3 and restarted after step 6."""
     root = tmp_path_factory.mktemp("pretrain")
     progress = root / "progress.txt"
     progress.touch()
     with tracking_uri(mlflow_server.ensure_up()), pytest.MonkeyPatch.context() as mp:
         corpus = _tracked_corpus(root / "corpus")
         mp.chdir(root)  # a relative corpus path: resolved on the driver, not the workers
-        outage = Outage(mlflow_server, progress, after=3)
+        outage = Outage(mlflow_server, progress, after=3, during=3)
         outage.start()
         result = run_pretraining(
             _cfg("corpus", str(root / "ray"), "run-a", steps=12),
@@ -218,7 +228,7 @@ def test_resumed_run_survives_two_failures_with_the_uninterrupted_weights(
     hit = run_pretraining(
         _cfg(uninterrupted.corpus, str(tmp_path / "ray"), "twice", steps=12, checkpoint_every=2),
         resume=step6,
-        train_loop=faulty_train_loop(9, 11, str(markers)),
+        train_loop=faulty_train_loop(9, 11, str(markers), str(tmp_path / "ray" / "twice"), 10),
         max_failures=2,
     )
     pid = int((markers / "killed.pid").read_text())
