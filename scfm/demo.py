@@ -133,12 +133,12 @@ def build_demo_corpus(cfg: DemoConfig, console: Console):
         )
     )
     print_summary(result.manifest, summary_rows(result.manifest), console)
-    if refresh and result.units_processed == 0:
-        n = len(result.manifest.changes["unchanged"])
+    if not result.committed:
+        n = len(result.manifest.datasets) + len(result.manifest.quarantined)
         console.print(
             f"[green]corpus reused[/green]: refresh found nothing to do ({n} data sets "
-            f"unchanged, no cell reprocessed); v{result.manifest.corpus_version} lists the same "
-            "shards"
+            f"unchanged, no cell reprocessed); v{result.manifest.corpus_version} is up to date, "
+            "no new version committed"
         )
     return result
 
@@ -423,7 +423,7 @@ def run_demo(cfg: DemoConfig, console: Console) -> DemoResult:
 
     ensure_ray()
     built = build_demo_corpus(cfg, console)
-    reused = built.manifest.kind == "refresh" and built.units_processed == 0
+    reused = not built.committed
     lap("corpus")
 
     console.rule(

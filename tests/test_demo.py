@@ -17,6 +17,8 @@ import pytest
 from rich.console import Console
 
 from scfm.corpus.loader import open_corpus
+from scfm.corpus.manifest import list_versions
+from scfm.corpus.shards import resolve
 from scfm.demo import DEMO_INPUTS, DemoConfig, build_demo_corpus
 from scfm.tracking import EXPERIMENT_DESCRIPTIONS
 
@@ -199,7 +201,8 @@ def test_second_run_reuses_the_corpus(demo_run, tmp_path, mlflow_uri):
     console = Console(record=True, width=200)
     result = build_demo_corpus(DemoConfig(out=tmp_path, progress=False), console)
     text = console.export_text()
-    assert result.units_processed == 0 and result.manifest.kind == "refresh"
-    assert len(result.manifest.changes["unchanged"]) == len(first.datasets) + len(first.quarantined)
-    assert [d.version for d in result.manifest.datasets] == [d.version for d in first.datasets]
+    assert result.units_processed == 0 and not result.committed
+    assert result.manifest == first  # the newest version, up to date: no new one committed
+    assert list_versions(*resolve(str(tmp_path / "corpus"))) == [first.corpus_version]
     assert "corpus reused: refresh found nothing to do" in text
+    assert f"v{first.corpus_version} is up to date, no new version committed" in text

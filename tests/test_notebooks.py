@@ -88,7 +88,8 @@ def test_02_corpus_and_pretraining(ray_local, tmp_path, monkeypatch):
     }
     nb = run_notebook("02_corpus_and_pretraining", params, tmp_path, monkeypatch)
     text = outputs_text(nb)
-    assert "0 units processed" in text and "trained on corpus v2" in text
+    assert "v1: 0 units processed, new version committed: False" in text  # the refresh
+    assert "trained on corpus v1" in text
     assert images(nb) >= 1  # the loss curves
 
 

@@ -173,6 +173,7 @@ class BuildResult:
     seconds: float
     unit_results: list[UnitResult] = field(default_factory=list, repr=False)
     mlflow_error: str = ""  # set when MLflow failed after the commit (the corpus is complete)
+    committed: bool = True  # False: a refresh found nothing to do; ``manifest`` is the newest
 
     @property
     def mlflow_run_id(self) -> str:
@@ -346,6 +347,25 @@ def _build_leased(
         resume=cfg.resume,
     )
     logger.info(plan.summary())
+    if cfg.refresh and parent is not None and _up_to_date(plan, parent):
+        logger.info(
+            "corpus v%d is up to date: the refresh found nothing to do and commits no new "
+            "version", parent.corpus_version,
+        )  # fmt: skip
+        collect_garbage(fs, root, cfg.keep_versions)  # leftovers of a killed earlier run
+        histograms: dict = {}
+        for rec in parent.datasets:
+            _sum_hist(histograms, rec.qc_hist)
+        return BuildResult(
+            manifest=parent,
+            manifest_path=mf.manifest_path(root, parent.corpus_version),
+            exit_code=_exit_code(cfg, parent.quarantined, parent.failed),
+            histograms=histograms,
+            units_processed=0,
+            units_reused=0,
+            seconds=time.perf_counter() - t_start,
+            committed=False,
+        )
     results = _run_units(plan, cfg)
     records, quarantined, failed = _assemble(plan, results)
     for f in failed:
@@ -353,7 +373,7 @@ def _build_leased(
             "%s:%s failed this run at %s (%s); it will be tried again by the next run",
             f.source, f.dataset_id, f.stage, f.error,
         )  # fmt: skip
-    histograms: dict = {}
+    histograms = {}
     for rec in records:
         _sum_hist(histograms, rec.qc_hist)
     manifest = Manifest(
@@ -396,6 +416,24 @@ def _build_leased(
         units_reused=len(plan.resumed),
         seconds=time.perf_counter() - t_start,
         unit_results=results,
+    )
+
+
+def _up_to_date(plan: BuildPlan, parent: Manifest) -> bool:
+    """Whether a refresh ``plan`` would commit what ``parent`` already lists: no data set added,
+    changed, removed or failed, the same sources (releases included) and settings."""
+    import json
+    from dataclasses import asdict
+
+    def canonical(sources) -> list[str]:
+        return sorted(json.dumps(asdict(s), sort_keys=True, default=str) for s in sources)
+
+    return (
+        not plan.to_process
+        and not any(plan.changes[k] for k in ("added", "changed", "removed"))
+        and not parent.failed
+        and plan.quarantined == parent.quarantined
+        and canonical(plan.sources) == canonical(parent.sources)
     )
 
 

@@ -83,7 +83,8 @@ def metrics_of(manifest: Manifest, result: BuildResult | None = None) -> dict[st
 def build_and_log(cfg: BuildConfig) -> BuildResult:
     """Build (or refresh) and, with ``cfg.mlflow``, track it as a run of experiment ``corpus``.
 
-    The run id goes into the manifest; the run is named after the committed version.
+    The run id goes into the manifest; the run is named after the committed version (a refresh
+    that found nothing to do commits none: its run names the version that is up to date).
     """
     from scfm import tracking
     from scfm.corpus.build import build_corpus
@@ -133,21 +134,28 @@ def _forget_active_run() -> None:
 
 
 def log_build(result: BuildResult, cfg: BuildConfig) -> None:
-    """Log a committed build into the active MLflow run."""
+    """Log a committed build (or a refresh that found the newest version up to date) into the
+    active MLflow run."""
     import mlflow
 
     from scfm import tracking
 
     man = result.manifest
+    # a refresh that found nothing to do committed nothing: its run records the check
+    kind = man.kind if result.committed else "refresh (up to date)"
     if not cfg.run_name:
-        mlflow.set_tag("mlflow.runName", f"{man.kind} v{man.corpus_version}")
+        mlflow.set_tag("mlflow.runName", f"{kind} v{man.corpus_version}")
     mlflow.set_tags(
-        {"scfm.corpus_version": str(man.corpus_version), "scfm.manifest_sha256": man.checksum}
+        {
+            "scfm.corpus_version": str(man.corpus_version),
+            "scfm.manifest_sha256": man.checksum,
+            "scfm.committed": str(result.committed).lower(),
+        }
     )
     tracking.log_params_flat(
         {
             "output": redact_uri(cfg.output),
-            "kind": man.kind,
+            "kind": kind,
             "corpus_version": man.corpus_version,
             "code_version": man.code_version,
             "code_revision": man.code_revision,

@@ -77,6 +77,11 @@ def _run(refresh: bool, sources, options: dict) -> None:
         console.print(f"[red]{exc}[/red]")
         raise typer.Exit(code=EXIT_LOCKED) from None
     print_summary(result.manifest, summary_rows(result.manifest))
+    if not result.committed:
+        console.print(
+            f"[green]corpus v{result.manifest.corpus_version} is up to date[/green]: the refresh "
+            "found nothing to do and committed no new version"
+        )
     console.print(
         f"manifest: {result.manifest_path}  ({result.seconds:.1f} s"
         + (f", MLflow run {result.mlflow_run_id}" if result.mlflow_run_id else "")

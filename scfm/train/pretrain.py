@@ -135,7 +135,12 @@ def run_pretraining(
     cfg = cfg.with_run_name()
     if not cfg.data.corpus:
         raise ValueError("no corpus: set data.corpus (a directory built by `scfm corpus build`)")
-    cfg = replace(cfg, data=replace(cfg.data, corpus=absolute_uri(cfg.data.corpus)))
+    # resolved here, once: workers (and a later `--resume`) may have another cwd
+    cfg = replace(
+        cfg,
+        storage_path=absolute_uri(cfg.storage_path),
+        data=replace(cfg.data, corpus=absolute_uri(cfg.data.corpus)),
+    )
     resume_from = None
     if resume:
         resume_from = resume_checkpoint(resume)
@@ -206,7 +211,7 @@ def run_pretraining(
             run_id=run.info.run_id,
             metrics=metrics,
             checkpoint_dir=checkpoint_dir,
-            run_dir=join_uri(absolute_uri(cfg.storage_path), cfg.name),
+            run_dir=join_uri(cfg.storage_path, cfg.name),
             model_uri=model_uri,
         )
 

@@ -14,7 +14,9 @@ import scipy.sparse as sp
 from scfm import datasets
 from scfm.corpus.build import BuildConfig, build_corpus
 from scfm.corpus.build_report import build_and_log
+from scfm.corpus.manifest import list_versions
 from scfm.corpus.qc import QCConfig
+from scfm.corpus.shards import resolve
 from scfm.corpus.sources import CensusSource, H5ADSource, TenXSource
 from scfm.data.io import read_counts
 
@@ -136,6 +138,29 @@ def test_census_build_is_an_mlflow_run_with_metrics(census_build, census_store, 
     assert {"manifest.json", "qc_histograms.png", "dataset_versions.json"} <= arts
 
 
+def test_refresh_with_nothing_to_do_commits_nothing_and_says_so_in_mlflow(
+    census_build, tmp_path, mlflow_uri
+):
+    """A weekly refresh of an unchanged source adds no version (so none is retired by garbage
+    collection, and runs pinned to the newest keep resuming); its MLflow run records the check."""
+    import mlflow
+
+    cfg, result = census_build
+    copy = tmp_path / "corpus"
+    shutil.copytree(cfg.output, copy)
+    again = build_and_log(dataclasses.replace(cfg, output=str(copy), refresh=True))
+    assert not again.committed and again.units_processed == 0 and again.exit_code == 0
+    assert again.manifest == result.manifest
+    assert list_versions(*resolve(str(copy))) == [1]
+    assert again.histograms == result.histograms  # the QC plot of the version that is current
+    (run,) = mlflow.search_runs(experiment_names=["corpus"], output_format="list")
+    assert run.info.run_name == "refresh (up to date) v1"
+    assert run.data.tags["scfm.committed"] == "false"
+    assert run.data.tags["scfm.corpus_version"] == "1"
+    assert run.data.params["kind"] == "refresh (up to date)"
+    assert run.data.metrics["cells_kept"] == result.manifest.totals["n_cells_kept"]
+
+
 @pytest.fixture(scope="module")
 def bad_inputs(tmp_path_factory):
     d = tmp_path_factory.mktemp("bad")
@@ -245,12 +270,17 @@ def test_quarantine_does_not_stop_a_non_strict_build(tmp_path, bad_inputs):
 
     # A refresh keeps an unchanged bad input quarantined without reading it again; once the
     # file changes (here: replaced by a good one) it is processed.
+    out = tmp_path / "c"
+    # Nothing changed: the refresh commits no new version (the newest stays current).
     again = build_corpus(dataclasses.replace(cfg, refresh=True))
-    assert again.units_processed == 0
-    assert again.manifest.quarantined == result.manifest.quarantined
-    assert sorted(again.manifest.changes["unchanged"]) == ["h5ad:corrupt.h5ad", "h5ad:pbmc.h5ad"]
+    assert again.units_processed == 0 and not again.committed
+    assert again.manifest == result.manifest
+    assert again.manifest_path == result.manifest_path
+    assert list_versions(*resolve(str(out))) == [1]
     shutil.copy(datasets.fetch("pbmc68k_counts"), corrupt)
     fixed = build_corpus(dataclasses.replace(cfg, refresh=True))
+    assert fixed.committed and fixed.manifest.corpus_version == 2
     assert fixed.manifest.changes["changed"] == ["h5ad:corrupt.h5ad"]
+    assert fixed.manifest.changes["unchanged"] == ["h5ad:pbmc.h5ad"]
     assert fixed.manifest.quarantined == [] and fixed.units_processed == 1
     assert fixed.manifest.totals["n_cells_kept"] == 1400

@@ -71,27 +71,20 @@ def serving(
         proc.wait(timeout=10)  # reap the leader
 
 
+def mlflow_server_cmd(root: Path, port: int) -> list[str]:
+    """``mlflow server`` on 127.0.0.1:``port``: sqlite store and served artifacts in ``root``."""
+    return [str(BIN / "mlflow"), "server", "--host", "127.0.0.1", "--port", str(port),
+            "--backend-store-uri", f"sqlite:///{root / 'mlflow.db'}",
+            "--artifacts-destination", str(root / "artifacts"), "--workers", "1"]  # fmt: skip
+
+
 @pytest.fixture(scope="package")
 def mlflow_server(tmp_path_factory):
     """``mlflow server`` with a sqlite backend and served artifacts; yields its URL."""
     root = tmp_path_factory.mktemp("mlflow-server")
     port = free_port()
-    cmd = [
-        str(BIN / "mlflow"),
-        "server",
-        "--host",
-        "127.0.0.1",
-        "--port",
-        str(port),
-        "--backend-store-uri",
-        f"sqlite:///{root / 'mlflow.db'}",
-        "--artifacts-destination",
-        str(root / "artifacts"),
-        "--workers",
-        "1",
-    ]
     url = f"http://127.0.0.1:{port}"
-    with serving(cmd, root / "server.log", f"{url}/health", timeout=90):
+    with serving(mlflow_server_cmd(root, port), root / "server.log", f"{url}/health", timeout=90):
         yield url
 
 

@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import tracking_uri
-from tests.e2e.conftest import BIN, free_port, wait_http
+from tests.e2e.conftest import free_port, mlflow_server_cmd, wait_http
 
 
 class Server:
@@ -29,13 +29,11 @@ class Server:
 
     def start(self) -> None:
         self.proc = subprocess.Popen(
-            [str(BIN / "mlflow"), "server", "--host", "127.0.0.1", "--port", str(self.port),
-             "--backend-store-uri", f"sqlite:///{self.root / 'mlflow.db'}",
-             "--artifacts-destination", str(self.root / "artifacts"), "--workers", "1"],
+            mlflow_server_cmd(self.root, self.port),
             stdout=open(self.root / "server.log", "a"),
             stderr=subprocess.STDOUT,
             start_new_session=True,
-        )  # fmt: skip
+        )
         wait_http(f"{self.url}/health", timeout=90, proc=self.proc)
 
     def stop(self) -> None:
