@@ -352,6 +352,8 @@ def _build_leased(
             "corpus v%d is up to date: the refresh found nothing to do and commits no new "
             "version", parent.corpus_version,
         )  # fmt: skip
+        verify_shards(fs, root, [s for rec in parent.datasets for s in rec.shards])
+        lease.check()  # still the only writer
         collect_garbage(fs, root, cfg.keep_versions)  # leftovers of a killed earlier run
         histograms: dict = {}
         for rec in parent.datasets:
@@ -432,7 +434,7 @@ def _up_to_date(plan: BuildPlan, parent: Manifest) -> bool:
         not plan.to_process
         and not any(plan.changes[k] for k in ("added", "changed", "removed"))
         and not parent.failed
-        and plan.quarantined == parent.quarantined
+        and sorted(plan.quarantined, key=lambda q: (q.source, q.dataset_id)) == parent.quarantined
         and canonical(plan.sources) == canonical(parent.sources)
     )
 

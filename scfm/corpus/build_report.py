@@ -68,13 +68,18 @@ def metrics_of(manifest: Manifest, result: BuildResult | None = None) -> dict[st
     m["genes_mapped_min_fraction"] = min(
         (d.genes["fraction_mapped"] for d in manifest.datasets), default=0.0
     )
+    counts = {k: len(v) for k, v in manifest.changes.items()}
+    if result is not None and not result.committed:  # a refresh found this version up to date
+        n = len(manifest.datasets) + len(manifest.quarantined)
+        counts = {"added": 0, "changed": 0, "removed": 0, "unchanged": n}
     for k in ("added", "changed", "removed", "unchanged"):
-        m[f"datasets_{k}"] = len(manifest.changes[k])
+        m[f"datasets_{k}"] = counts[k]
     if result is not None:
         m["seconds"] = result.seconds
         m["units_processed"] = result.units_processed
         m["units_reused"] = result.units_reused
-        m["cells_per_s"] = t["n_cells_in"] / result.seconds if result.seconds else 0.0
+        if result.committed:
+            m["cells_per_s"] = t["n_cells_in"] / result.seconds if result.seconds else 0.0
         if result.unit_results:
             m["peak_worker_rss_mb"] = max(r.peak_rss_mb for r in result.unit_results)
     return m
@@ -109,10 +114,11 @@ def build_and_log(cfg: BuildConfig) -> BuildResult:
             raise
         # The manifest is committed: the corpus is complete whatever MLflow does now.
         logger.warning(
-            "corpus v%d is committed (%s), but logging it to MLflow failed: %s: %s. The corpus "
+            "corpus v%d is %s (%s), but logging it to MLflow failed: %s: %s. The corpus "
             "is usable; its MLflow run %s may lack metrics or artifacts",
-            result.manifest.corpus_version, result.manifest_path, type(exc).__name__,
-            str(exc)[:300], result.mlflow_run_id,
+            result.manifest.corpus_version,
+            "committed" if result.committed else "up to date (nothing committed)",
+            result.manifest_path, type(exc).__name__, str(exc)[:300], run.info.run_id,
         )  # fmt: skip
         result.mlflow_error = f"{type(exc).__name__}: {exc}"
         _forget_active_run()
@@ -170,7 +176,7 @@ def log_build(result: BuildResult, cfg: BuildConfig) -> None:
         cfg.output,
         man.corpus_version,
         man.checksum,
-        context="build",
+        context="build" if result.committed else "refresh check",
         n_cells=man.totals["n_cells_kept"],
     )
     tracking.log_json(man.to_dict(), "manifest.json")

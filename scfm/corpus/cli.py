@@ -84,7 +84,11 @@ def _run(refresh: bool, sources, options: dict) -> None:
         )
     console.print(
         f"manifest: {result.manifest_path}  ({result.seconds:.1f} s"
-        + (f", MLflow run {result.mlflow_run_id}" if result.mlflow_run_id else "")
+        + (
+            f", {'' if result.committed else 'built by '}MLflow run {result.mlflow_run_id}"
+            if result.mlflow_run_id
+            else ""
+        )
         + ")"
     )
     if result.mlflow_error:

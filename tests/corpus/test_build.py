@@ -16,7 +16,7 @@ from scfm.corpus.build import BuildConfig, build_corpus
 from scfm.corpus.build_report import build_and_log
 from scfm.corpus.manifest import list_versions
 from scfm.corpus.qc import QCConfig
-from scfm.corpus.shards import resolve
+from scfm.corpus.shards import ShardCheckError, resolve
 from scfm.corpus.sources import CensusSource, H5ADSource, TenXSource
 from scfm.data.io import read_counts
 
@@ -159,6 +159,9 @@ def test_refresh_with_nothing_to_do_commits_nothing_and_says_so_in_mlflow(
     assert run.data.tags["scfm.corpus_version"] == "1"
     assert run.data.params["kind"] == "refresh (up to date)"
     assert run.data.metrics["cells_kept"] == result.manifest.totals["n_cells_kept"]
+    n = len(result.manifest.datasets)
+    assert run.data.metrics["datasets_unchanged"] == n and run.data.metrics["datasets_added"] == 0
+    assert "cells_per_s" not in run.data.metrics  # no cell was processed
 
 
 @pytest.fixture(scope="module")
@@ -250,6 +253,31 @@ def test_files_build_with_bad_inputs_quarantined(ray_local, tmp_path, bad_inputs
     b = df[df["dataset_id"] == "filtered_feature_bc_matrix.h5"].reset_index(drop=True)
     assert a["obs_id"].tolist() == b["obs_id"].tolist()
     assert all(np.array_equal(x, y) for x, y in zip(a["counts"], b["counts"], strict=True))
+
+
+def test_refresh_of_several_unchanged_bad_inputs_commits_nothing(tmp_path, bad_inputs):
+    """Quarantined data sets listed out of name order: the manifest keeps them sorted, the
+    refresh compares them in that order."""
+    paths = [tmp_path / "z.h5ad", tmp_path / "a.h5ad", tmp_path / "pbmc.h5ad"]
+    shutil.copy(bad_inputs["corrupt"], paths[0])
+    shutil.copy(bad_inputs["corrupt"], paths[1])
+    shutil.copy(datasets.fetch("pbmc68k_counts"), paths[2])
+    cfg = BuildConfig(
+        output=str(tmp_path / "c"),
+        executor="local",
+        mlflow=False,
+        sources=[H5ADSource(paths=[str(p) for p in paths])],
+        qc=QCConfig(min_genes=None),
+    )
+    first = build_corpus(cfg)
+    assert [q.dataset_id for q in first.manifest.quarantined] == ["a.h5ad", "z.h5ad"]
+    again = build_corpus(dataclasses.replace(cfg, refresh=True))
+    assert not again.committed and again.manifest == first.manifest
+    # a listed shard that went missing is an error, not "up to date"
+    (shard,) = [s for d in first.manifest.datasets for s in d.shards]
+    (tmp_path / "c" / shard.path).unlink()
+    with pytest.raises(ShardCheckError, match=f"{shard.path}: missing"):
+        build_corpus(dataclasses.replace(cfg, refresh=True))
 
 
 def test_quarantine_does_not_stop_a_non_strict_build(tmp_path, bad_inputs):
