@@ -14,6 +14,7 @@ import contextlib
 import logging
 import os
 from collections.abc import Iterator
+from pathlib import Path
 from typing import TYPE_CHECKING, Literal
 
 if TYPE_CHECKING:  # torch is imported inside the functions: importing this module stays cheap
@@ -103,6 +104,14 @@ def evaluating(model: torch.nn.Module) -> Iterator[torch.nn.Module]:
         yield model
     finally:
         model.train(was_training)
+
+
+def user_cache_dir(name: str) -> Path:
+    """``$SCFM_CACHE_DIR/<name>``, else ``$XDG_CACHE_HOME/scfm/<name>`` (``~/.cache``)."""
+    if os.environ.get("SCFM_CACHE_DIR"):
+        return Path(os.environ["SCFM_CACHE_DIR"]) / name
+    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(base) / "scfm" / name
 
 
 def ensure_ray(address: str | None = None, **init_kwargs) -> None:

@@ -36,6 +36,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from scfm.data.packed import PackedCells
+from scfm.runtime import user_cache_dir
 
 if TYPE_CHECKING:
     from scfm.corpus.loader import Corpus
@@ -49,10 +50,7 @@ INDEX_FORMAT = 1
 
 def default_cache_dir() -> Path:
     """``$SCFM_CACHE_DIR/corpus``, else ``$XDG_CACHE_HOME/scfm/corpus`` (``~/.cache``)."""
-    if os.environ.get("SCFM_CACHE_DIR"):
-        return Path(os.environ["SCFM_CACHE_DIR"]) / "corpus"
-    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
-    return Path(base) / "scfm" / "corpus"
+    return user_cache_dir("corpus")
 
 
 @dataclass(frozen=True)

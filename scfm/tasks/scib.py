@@ -152,6 +152,32 @@ def _nanmean(xs: list[float]) -> float:
     return float(np.nanmean(a)) if np.isfinite(a).any() else float("nan")
 
 
+def cache_jax_compilations() -> str | None:
+    """Keep jax's compiled XLA programs on disk (``user_cache_dir("jax")``) unless the user
+    chose a cache already (``JAX_COMPILATION_CACHE_DIR`` or jax's config); returns the folder.
+
+    scib-metrics' silhouette, LISA and kBET kernels are jitted: without the cache every new
+    process (a CLI call, a notebook kernel, a Ray worker) compiles them again (scoring 600 cells
+    in a new process: 16 s, 7 s with the cache). jax recompiles when its version or the program
+    changes. It takes effect when called before the process's first jax compilation.
+    """
+    import jax
+
+    if jax.config.jax_compilation_cache_dir:  # set by the user (config or environment)
+        return jax.config.jax_compilation_cache_dir
+    from scfm.runtime import user_cache_dir
+
+    folder = user_cache_dir("jax")
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError:  # read-only home: compile as jax does by default
+        return None
+    jax.config.update("jax_compilation_cache_dir", str(folder))
+    # the kernels here compile in well under jax's default 1 s threshold, yet add up
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
+    return str(folder)
+
+
 def scib_scores(
     X: np.ndarray,
     labels: np.ndarray,
@@ -180,6 +206,7 @@ def scib_scores(
     """
     import scib_metrics
 
+    cache_jax_compilations()
     X = np.ascontiguousarray(X, dtype=np.float32)
     labels = np.asarray(labels).astype(str)
     if X.ndim != 2 or X.shape[0] != labels.size:

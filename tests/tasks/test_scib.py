@@ -19,6 +19,7 @@ from scfm.tasks.scib import (
     BATCH_METRICS,
     BIO_METRICS,
     aggregate_scores,
+    cache_jax_compilations,
     kbet_per_label,
     neighbours,
     scib_scores,
@@ -153,3 +154,24 @@ def test_kbet_skips_single_batch_and_tiny_labels(toy):
     b[:] = "a"
     b[lab == "type2"] = "b"  # every label in one batch: nothing to test
     assert np.isnan(kbet_per_label(nn, b, lab))
+
+
+def test_jax_programs_are_kept_on_disk_unless_the_user_chose_a_cache(toy):
+    """scib_scores keeps jax's compiled kernels in scfm's cache folder, so the next process
+    does not compile them again; a cache folder the user set is left as it is."""
+    import jax
+
+    from scfm.runtime import user_cache_dir
+
+    labels, batches, separated, _ = toy
+    folder = cache_jax_compilations()
+    assert folder == jax.config.jax_compilation_cache_dir
+    scib_scores(separated, labels, batches)
+    if folder == str(user_cache_dir("jax")):  # this session's cache (tests/conftest.py)
+        assert any(p.is_file() for p in user_cache_dir("jax").rglob("*"))
+    before = jax.config.jax_compilation_cache_dir
+    try:
+        jax.config.update("jax_compilation_cache_dir", "/elsewhere/jax-cache")
+        assert cache_jax_compilations() == "/elsewhere/jax-cache"
+    finally:
+        jax.config.update("jax_compilation_cache_dir", before)
