@@ -134,7 +134,7 @@ def build_demo_corpus(cfg: DemoConfig, console: Console):
     )
     print_summary(result.manifest, summary_rows(result.manifest), console)
     if not result.committed:
-        n = len(result.manifest.datasets) + len(result.manifest.quarantined)
+        n = len(result.changes["unchanged"])
         console.print(
             f"[green]corpus reused[/green]: refresh found nothing to do ({n} data sets "
             f"unchanged, no cell reprocessed); v{result.manifest.corpus_version} is up to date, "

@@ -171,6 +171,7 @@ class BuildResult:
     units_processed: int
     units_reused: int
     seconds: float
+    changes: dict[str, list[str]]  # what this run found: added / changed / removed / unchanged
     unit_results: list[UnitResult] = field(default_factory=list, repr=False)
     mlflow_error: str = ""  # set when MLflow failed after the commit (the corpus is complete)
     committed: bool = True  # False: a refresh found nothing to do; ``manifest`` is the newest
@@ -178,6 +179,14 @@ class BuildResult:
     @property
     def mlflow_run_id(self) -> str:
         return self.manifest.mlflow_run_id
+
+
+def _qc_histograms(records: Sequence[DatasetRecord]) -> dict:
+    """The QC histograms of ``records`` summed: metric -> part -> counts per bin."""
+    histograms: dict = {}
+    for rec in records:
+        _sum_hist(histograms, rec.qc_hist)
+    return histograms
 
 
 def _sum_hist(acc: dict, h: dict) -> None:
@@ -355,17 +364,15 @@ def _build_leased(
         verify_shards(fs, root, [s for rec in parent.datasets for s in rec.shards])
         lease.check()  # still the only writer
         collect_garbage(fs, root, cfg.keep_versions)  # leftovers of a killed earlier run
-        histograms: dict = {}
-        for rec in parent.datasets:
-            _sum_hist(histograms, rec.qc_hist)
         return BuildResult(
             manifest=parent,
             manifest_path=mf.manifest_path(root, parent.corpus_version),
             exit_code=_exit_code(cfg, parent.quarantined, parent.failed),
-            histograms=histograms,
+            histograms=_qc_histograms(parent.datasets),
             units_processed=0,
             units_reused=0,
             seconds=time.perf_counter() - t_start,
+            changes=plan.changes,
             committed=False,
         )
     results = _run_units(plan, cfg)
@@ -375,9 +382,6 @@ def _build_leased(
             "%s:%s failed this run at %s (%s); it will be tried again by the next run",
             f.source, f.dataset_id, f.stage, f.error,
         )  # fmt: skip
-    histograms = {}
-    for rec in records:
-        _sum_hist(histograms, rec.qc_hist)
     manifest = Manifest(
         corpus_version=plan.version,
         parent_version=parent.corpus_version if parent else None,
@@ -413,10 +417,11 @@ def _build_leased(
         manifest=manifest,
         manifest_path=path,
         exit_code=_exit_code(cfg, quarantined, failed),
-        histograms=histograms,
+        histograms=_qc_histograms(records),
         units_processed=len(results),
         units_reused=len(plan.resumed),
         seconds=time.perf_counter() - t_start,
+        changes=plan.changes,
         unit_results=results,
     )
 

@@ -68,12 +68,9 @@ def metrics_of(manifest: Manifest, result: BuildResult | None = None) -> dict[st
     m["genes_mapped_min_fraction"] = min(
         (d.genes["fraction_mapped"] for d in manifest.datasets), default=0.0
     )
-    counts = {k: len(v) for k, v in manifest.changes.items()}
-    if result is not None and not result.committed:  # a refresh found this version up to date
-        n = len(manifest.datasets) + len(manifest.quarantined)
-        counts = {"added": 0, "changed": 0, "removed": 0, "unchanged": n}
+    changes = manifest.changes if result is None else result.changes  # this run's findings
     for k in ("added", "changed", "removed", "unchanged"):
-        m[f"datasets_{k}"] = counts[k]
+        m[f"datasets_{k}"] = len(changes[k])
     if result is not None:
         m["seconds"] = result.seconds
         m["units_processed"] = result.units_processed
@@ -185,7 +182,7 @@ def log_build(result: BuildResult, cfg: BuildConfig) -> None:
         {
             "datasets": versions,
             "quarantined": [q.__dict__ for q in man.quarantined],
-            "changes": man.changes,
+            "changes": result.changes,  # what this run found (a no-op refresh: all unchanged)
         },
         "dataset_versions.json",
     )

@@ -15,6 +15,7 @@ from typing import Any
 
 from scfm.corpus.sources import DirectorySource, WorkUnit
 from scfm.train.ray_train import train_loop_per_worker
+from tests.polling import poll_until
 
 PAUSE_S = 180.0  # longer than any drill waits: the node is removed while its work sleeps
 
@@ -69,11 +70,8 @@ def wait_for(pattern: str, folder: Path, job: Background, timeout: float = 120.0
 
 
 def wait_until(condition: Callable[[], bool], timeout: float = 120.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"condition not met after {timeout:.0f} s")
-        time.sleep(0.5)
+    if not poll_until(condition, timeout, interval=0.5):
+        raise TimeoutError(f"condition not met after {timeout:.0f} s")
 
 
 @dataclass

@@ -10,6 +10,7 @@ import time
 from collections.abc import Callable
 
 from scfm.train.ray_train import train_loop_per_worker
+from tests.polling import poll_until
 
 
 def progress_train_loop(path: str) -> Callable[[dict], None]:
@@ -67,11 +68,7 @@ def faulty_train_loop(
                 raised.write_text(str(step))
                 raise RuntimeError(f"injected failure at step {step}")
             if step == kill_at_step and raised.exists() and not killed.exists():
-                deadline = time.monotonic() + 60
-                while kill_after_commit not in committed_steps(run_dir):
-                    if time.monotonic() > deadline:
-                        break
-                    time.sleep(0.1)
+                poll_until(lambda: kill_after_commit in committed_steps(run_dir), timeout=60)
                 killed.write_text(str(os.getpid()))
                 os.kill(os.getpid(), signal.SIGKILL)
 

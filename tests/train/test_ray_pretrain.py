@@ -31,6 +31,7 @@ from scfm.train.pretrain import (
 )
 from tests.conftest import tracking_uri
 from tests.fixtures_data import pack_rows
+from tests.polling import poll_until
 from tests.train.faults import faulty_train_loop, progress_train_loop
 
 pytestmark = pytest.mark.slow
@@ -106,11 +107,7 @@ class Outage(threading.Thread):
         self.times: dict[str, float] = {}
 
     def _wait_for(self, steps: int, timeout_s: float) -> None:
-        deadline = time.monotonic() + timeout_s
-        while len(self.progress.read_text().splitlines()) < steps:
-            if time.monotonic() > deadline:
-                return
-            time.sleep(0.1)
+        poll_until(lambda: len(self.progress.read_text().splitlines()) >= steps, timeout_s)
 
     def run(self) -> None:
         self._wait_for(self.after, timeout_s=600)
